@@ -1,0 +1,54 @@
+# Copyright: wasmlet contributors
+# Apache License 2.0 (see LICENSE)
+"""The ``flags`` filter: a mapping of command-line options to ``--name=value`` arguments."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+name: flags
+short_description: Turn a dict of options into C(--name=value) arguments
+version_added: "0.1.0"
+description:
+  - Renders each key/value pair of a mapping as one C(--key=value) argument, in sorted key order,
+    for appending extra flags to a component's command line. Boolean values render as C(true)/C(false).
+    A key may be given with or without its leading dashes.
+options:
+  _input:
+    description: Options and their values.
+    type: dict
+    required: true
+author: wasmlet contributors
+"""
+
+EXAMPLES = r"""
+- name: Extra apiserver flags
+  ansible.builtin.debug:
+    msg: "{{ {'max-requests-inflight': 800, 'profiling': false} | wasmlet.kube.flags }}"
+  # => ['--max-requests-inflight=800', '--profiling=false']
+"""
+
+RETURN = r"""
+_value:
+  description: The arguments.
+  type: list
+  elements: str
+"""
+
+from ansible.errors import AnsibleFilterError
+
+
+def flags(options):
+    if not isinstance(options, dict):
+        raise AnsibleFilterError(f"flags expects a dict of options, got {type(options).__name__}")
+    out = []
+    for key in sorted(options):
+        value = options[key]
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        out.append(f"--{str(key).lstrip('-')}={value}")
+    return out
+
+
+class FilterModule:
+    def filters(self):
+        return {"flags": flags}

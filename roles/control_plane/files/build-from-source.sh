@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Build the Kubernetes control-plane binaries and etcd through the Go module proxy.
+#
+#   build-from-source.sh KUBERNETES_VERSION ETCD_VERSION DEST_DIR
+#
+# k8s.io/kubernetes pins its staging modules at v0.0.0 with local replace lines,
+# which a dependent module ignores; a wrapper module replaces each staging module
+# with its published v0.<minor>.<patch> tag (kubernetes/kubernetes#79384).
+# etcd is built in a wrapper module of its own so the two dependency graphs never mix.
+# The binaries are version-stamped the way hack/lib/version.sh does it.
+# Binaries are written to a temporary directory and moved into DEST_DIR only when
+# every build succeeded, so an interrupted build never leaves a half-filled cache.
+set -euo pipefail
+
+k8s_version=${1:?usage: build-from-source.sh KUBERNETES_VERSION ETCD_VERSION DEST_DIR}
+etcd_version=${2:?usage: build-from-source.sh KUBERNETES_VERSION ETCD_VERSION DEST_DIR}
+dest=${3:?usage: build-from-source.sh KUBERNETES_VERSION ETCD_VERSION DEST_DIR}
+
+command -v go >/dev/null || { echo "build-from-source: 'go' is not on PATH; install Go or use control_plane_binaries_source=download|path" >&2; exit 2; }
+
+export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-mod=mod
+work=$(mktemp -d "${TMPDIR:-/tmp}/wasmlet-k8s-build.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/k8s" "$work/etcd" "$work/out"
+
+# ---- Kubernetes -------------------------------------------------------------
+info=$(go mod download -json "k8s.io/kubernetes@${k8s_version}")
+field() { sed -n 's/^[[:space:]]*"'"$1"'": "\(.*\)",*$/\1/p' | head -n1; }
+gomod=$(printf '%s' "$info" | field GoMod)
+info_file=$(printf '%s' "$info" | field Info)
+git_commit=$(printf '%s' "$info" | field Hash)
+build_date=$(sed -n 's/.*"Time": *"\([^"]*\)".*/\1/p' "$info_file")
+[ -n "$gomod" ] || { echo "build-from-source: go mod download gave no go.mod for k8s.io/kubernetes@${k8s_version}" >&2; exit 1; }
+go_line=$(sed -n 's/^go \([0-9.]*\)$/\1/p' "$gomod")
+godebug_line=$(sed -n 's/^godebug \(.*\)$/\1/p' "$gomod")
+staging_version="v0.${k8s_version#v1.}"
+
+{
+  echo "module local/wasmlet-k8sbin"
+  echo
+  echo "go ${go_line}"
+  [ -n "$godebug_line" ] && echo "godebug ${godebug_line}"
+  echo
+  echo "replace ("
+  sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/src/.*$#\t\1 => \1 '"${staging_version}"'#p' "$gomod"
+  echo ")"
+} >"$work/k8s/go.mod"
+cat >"$work/k8s/tools.go" <<'GO'
+//go:build tools
+
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)
+GO
+
+minor=${k8s_version#v1.}; minor=${minor%%.*}
+ldf="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  ldf+=" -X ${pkg}.gitVersion=${k8s_version} -X ${pkg}.gitMajor=1 -X ${pkg}.gitMinor=${minor}"
+  ldf+=" -X ${pkg}.gitTreeState=clean -X ${pkg}.buildDate=${build_date:-1970-01-01T00:00:00Z}"
+  [ -n "$git_commit" ] && ldf+=" -X ${pkg}.gitCommit=${git_commit}"
+done
+
+(
+  cd "$work/k8s"
+  go get "k8s.io/kubernetes@${k8s_version}"
+  go mod tidy -e >/dev/null 2>&1 || true
+  go get "k8s.io/kubernetes@${k8s_version}"
+  for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+    echo "build-from-source: building ${cmd} ${k8s_version}" >&2
+    go build -trimpath -tags tools -ldflags "$ldf" -o "$work/out/${cmd}" "k8s.io/kubernetes/cmd/${cmd}"
+  done
+)
+
+# ---- etcd ---------------------------------------------------------------------
+(
+  cd "$work/etcd"
+  printf 'module local/wasmlet-etcdbin\n\ngo 1.24\n' >go.mod
+  go get "go.etcd.io/etcd/server/v3@${etcd_version}"
+  echo "build-from-source: building etcd ${etcd_version}" >&2
+  go build -trimpath -ldflags "-s -w" -o "$work/out/etcd" go.etcd.io/etcd/server/v3
+)
+
+mkdir -p "$dest"
+for bin in "$work"/out/*; do
+  install -m 0755 "$bin" "$dest/.$(basename "$bin").new"
+  mv -f "$dest/.$(basename "$bin").new" "$dest/$(basename "$bin")"
+done
+echo "build-from-source: binaries ready in ${dest}" >&2
