@@ -40,13 +40,17 @@ from ansible.errors import AnsibleFilterError
 def flags(options):
     if not isinstance(options, dict):
         raise AnsibleFilterError(f"flags expects a dict of options, got {type(options).__name__}")
-    out = []
-    for key in sorted(options):
-        value = options[key]
+    rendered = {}
+    for key, value in options.items():
+        name = str(key).lstrip("-")
+        if not name:
+            raise AnsibleFilterError(f"flags: option name {key!r} is empty")
+        if name in rendered:
+            raise AnsibleFilterError(f"flags: option --{name} is given twice")
         if isinstance(value, bool):
             value = "true" if value else "false"
-        out.append(f"--{str(key).lstrip('-')}={value}")
-    return out
+        rendered[name] = f"--{name}={value}"
+    return [rendered[name] for name in sorted(rendered)]
 
 
 class FilterModule:

@@ -31,8 +31,8 @@ def render(users: Mapping[str, str], existing: Mapping[str, str]) -> str:
     """Lines for ``users`` (name → password), keeping existing hashes that still verify."""
     lines = []
     for name in sorted(users):
-        if ":" in name or not name:
-            raise ValueError(f"htpasswd user name {name!r} is empty or contains ':'")
+        if ":" in name or not name or name != name.strip():
+            raise ValueError(f"htpasswd user name {name!r} is empty, contains ':' or has surrounding spaces")
         old = existing.get(name)
         hashed = old if old and _verifies(users[name], old) else bcrypt.hashpw(
             users[name].encode(), bcrypt.gensalt(rounds=10)

@@ -7,6 +7,7 @@ file, written mode 0600 because it holds a private key or a token.
 from __future__ import annotations
 
 import base64
+import binascii
 import os
 import ssl
 import tempfile
@@ -107,7 +108,7 @@ def load(path: Path) -> Credentials:
     """Read the current context of the kubeconfig at ``path``."""
     try:
         doc = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise KubeconfigError(f"cannot read kubeconfig {path}: {exc}") from exc
     try:
         ctx_name = doc["current-context"]
@@ -123,5 +124,5 @@ def load(path: Path) -> Credentials:
             token=user.get("token"),
             insecure=bool(cluster.get("insecure-skip-tls-verify", False)),
         )
-    except (KeyError, StopIteration, TypeError, OSError) as exc:
+    except (KeyError, StopIteration, TypeError, OSError, binascii.Error) as exc:
         raise KubeconfigError(f"kubeconfig {path} has no usable current context: {exc!r}") from exc

@@ -50,6 +50,10 @@ class CertSpec:
     key_type: KeyType = "rsa"
     extra: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.is_ca and self.usages:
+            raise ValueError(f"CA certificate {self.common_name!r} takes no usages (got {list(self.usages)})")
+
     def subject(self) -> x509.Name:
         attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in self.organizations]
         attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, self.common_name))
@@ -173,7 +177,10 @@ def describe(cert: x509.Certificate) -> CertSpec:
         usages = tuple(u for u, oid in _EKU.items() if oid in eku)
     except x509.ExtensionNotFound:
         usages = ()
-    basic = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
     key = cert.public_key()
     return CertSpec(
         common_name=str(cn[0].value) if cn else "",
@@ -181,7 +188,7 @@ def describe(cert: x509.Certificate) -> CertSpec:
         usages=usages,  # type: ignore[arg-type]
         dns_names=dns,
         ip_addresses=ips,
-        is_ca=basic.ca,
+        is_ca=is_ca,
         key_type="ecdsa" if isinstance(key, ec.EllipticCurvePublicKey) else "rsa",
     )
 
@@ -190,7 +197,7 @@ def _normalized(spec: CertSpec) -> tuple[object, ...]:
     return (
         spec.common_name,
         tuple(sorted(spec.organizations)),
-        tuple(sorted(spec.usages)),
+        tuple(sorted(set(spec.usages))),
         tuple(sorted(spec.dns_names)),
         tuple(sorted(str(ipaddress.ip_address(i)) for i in spec.ip_addresses)),
         spec.is_ca,

@@ -96,7 +96,6 @@ def _recorded(spec: ServiceSpec) -> dict[str, object] | None:
 def start(spec: ServiceSpec, wait: float = 10.0) -> int:
     """Start the supervisor for ``spec`` in its own session; returns its pid."""
     spec.directory.mkdir(parents=True, exist_ok=True)
-    write_atomic(spec.specfile, json.dumps(spec.recorded(), indent=2, sort_keys=True).encode(), 0o600)
     env = {**os.environ, **spec.env}
     cmd = [sys.executable, "-m", "wasmlet.supervise", "--name", spec.name, "--dir", str(spec.directory),
            "--grace", str(spec.grace), "--", *spec.argv]
@@ -108,6 +107,9 @@ def start(spec: ServiceSpec, wait: float = 10.0) -> int:
     while time.monotonic() < deadline:
         st = status(spec.directory, spec.name)
         if st.running and st.pid == proc.pid:
+            # Recorded only once this supervisor holds the lock: a refused start never
+            # overwrites what the running one was started with.
+            write_atomic(spec.specfile, json.dumps(spec.recorded(), indent=2, sort_keys=True).encode(), 0o600)
             assert proc.stderr is not None
             proc.stderr.close()
             return proc.pid

@@ -1,0 +1,47 @@
+"""Session fixtures: the real control plane and registries, brought up by the roles.
+
+The playbooks are idempotent: against a healthy cluster they change nothing and take
+seconds; on a cold machine they build the Kubernetes binaries once (cached under
+``~/.wasmlet/bin``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from helpers import SECURE_REGISTRY, Cluster, Registry, run_playbook
+
+from wasmlet import paths
+from wasmlet.kubeapi import Client
+
+@pytest.fixture(scope="session")
+def cluster() -> Cluster:
+    run_playbook("cluster.yml")
+    kubectl = paths.home() / "bin" / "kubectl"
+    return Cluster(paths.admin_kubeconfig(), paths.cluster_dir() / "pki", paths.cluster_dir() / "run", kubectl)
+
+
+@pytest.fixture(scope="session")
+def registry() -> Registry:
+    run_playbook("registry.yml")
+    return Registry(host="127.0.0.1:5000")
+
+
+@pytest.fixture(scope="session")
+def secure_registry() -> Registry:
+    run_playbook("registry.yml", SECURE_REGISTRY)
+    users = SECURE_REGISTRY["registry_auth_users"]
+    assert isinstance(users, list)
+    return Registry(
+        host="127.0.0.1:5001",
+        ca=paths.home() / "registry-secure" / "tls" / "ca.crt",
+        username=users[0]["username"],
+        password=users[0]["password"],
+    )
+
+
+@pytest.fixture
+def admin(cluster: Cluster) -> Iterator[Client]:
+    with cluster.admin() as client:
+        yield client

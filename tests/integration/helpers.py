@@ -1,0 +1,145 @@
+"""Helpers shared by the integration tests: waiting on conditions, tokens, CSRs."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import os
+import secrets
+import string
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from wasmlet import pki
+from wasmlet.kubeapi import ApiError, Client
+
+ROOT = Path(__file__).resolve().parents[2]
+ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
+
+SECURE_REGISTRY = {
+    "registry_name": "registry-secure",
+    "registry_port": 5001,
+    "registry_tls": True,
+    "registry_auth_users": [{"username": "wasmlet-ci", "password": "integration-secret"}],
+}
+
+
+def run_playbook(playbook: str, extra_vars: dict[str, object] | None = None) -> str:
+    """Run a playbook of this collection against the local inventory; return its output."""
+    cmd = [ANSIBLE_PLAYBOOK, "-i", str(ROOT / "inventories/local"), str(ROOT / "playbooks" / playbook)]
+    if extra_vars:
+        cmd += ["-e", json.dumps(extra_vars)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False,
+                          env={**os.environ, "ANSIBLE_NOCOLOR": "1"})
+    if proc.returncode != 0:
+        raise AssertionError(f"{playbook} failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+@dataclass(frozen=True)
+class Cluster:
+    admin_kubeconfig: Path
+    pki: Path
+    run_dir: Path
+    kubectl: Path
+
+    def admin(self) -> Client:
+        return Client.from_kubeconfig(self.admin_kubeconfig)
+
+
+@dataclass(frozen=True)
+class Registry:
+    host: str
+    ca: Path | None = None
+    username: str | None = None
+    password: str | None = None
+
+
+T = TypeVar("T")
+_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.2) -> T:
+    """Poll ``probe`` until it returns something truthy; fail naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{''.join(secrets.choice(_ALPHABET) for _ in range(6))}"
+
+
+def create_bootstrap_token(admin: Client, ttl: dt.timedelta = dt.timedelta(hours=1)) -> str:
+    """A bootstrap token Secret as kubeadm (and Krustlet's bootstrap.sh) makes it."""
+    token_id = "".join(secrets.choice(_ALPHABET) for _ in range(6))
+    token_secret = "".join(secrets.choice(_ALPHABET) for _ in range(16))
+    expiration = (dt.datetime.now(dt.UTC) + ttl).strftime("%Y-%m-%dT%H:%M:%SZ")
+    admin.post("/api/v1/namespaces/kube-system/secrets", {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": f"bootstrap-token-{token_id}", "namespace": "kube-system"},
+        "type": "bootstrap.kubernetes.io/token",
+        "stringData": {
+            "token-id": token_id,
+            "token-secret": token_secret,
+            "expiration": expiration,
+            "usage-bootstrap-authentication": "true",
+            "usage-bootstrap-signing": "true",
+            "auth-extra-groups": "system:bootstrappers:kubeadm:default-node-token",
+            "description": "wasmlet integration test",
+        },
+    })
+    return f"{token_id}.{token_secret}"
+
+
+def post_csr(
+    client: Client, name: str, signer: str, usages: list[str], node: str,
+    dns_names: tuple[str, ...] = (), ip_addresses: tuple[str, ...] = (),
+) -> ec.EllipticCurvePrivateKey:
+    key = ec.generate_private_key(ec.SECP256R1())
+    request = pki.build_csr(key, f"system:node:{node}", ["system:nodes"], dns_names, ip_addresses)
+    client.post("/apis/certificates.k8s.io/v1/certificatesigningrequests", {
+        "apiVersion": "certificates.k8s.io/v1",
+        "kind": "CertificateSigningRequest",
+        "metadata": {"name": name},
+        "spec": {
+            "request": base64.b64encode(request).decode(),
+            "signerName": signer,
+            "usages": usages,
+            "expirationSeconds": 3600,
+        },
+    })
+    return key
+
+
+def get_csr(client: Client, name: str) -> dict[str, Any]:
+    csr: dict[str, Any] = client.get(f"/apis/certificates.k8s.io/v1/certificatesigningrequests/{name}")
+    return csr
+
+
+def issued_certificate(client: Client, name: str) -> x509.Certificate | None:
+    cert = get_csr(client, name).get("status", {}).get("certificate")
+    return x509.load_pem_x509_certificate(base64.b64decode(cert)) if cert else None
+
+
+def delete_quietly(client: Client, path: str) -> None:
+    try:
+        client.delete(path)
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
