@@ -47,9 +47,8 @@ def flags(options):
             raise AnsibleFilterError(f"flags: option name {key!r} is empty")
         if name in rendered:
             raise AnsibleFilterError(f"flags: option --{name} is given twice")
-        if isinstance(value, bool):
-            value = "true" if value else "false"
-        rendered[name] = f"--{name}={value}"
+        text = ("true" if value else "false") if isinstance(value, bool) else value
+        rendered[name] = f"--{name}={text}"
     return [rendered[name] for name in sorted(rendered)]
 
 

@@ -75,8 +75,13 @@ def main():
         argument_spec=dict(
             path=dict(type="path", required=True),
             users=dict(
-                type="list", elements="dict", required=True,
-                options=dict(username=dict(type="str", required=True), password=dict(type="str", required=True, no_log=True)),
+                type="list",
+                elements="dict",
+                required=True,
+                options=dict(
+                    username=dict(type="str", required=True),
+                    password=dict(type="str", required=True, no_log=True),
+                ),
             ),
         ),
         supports_check_mode=True,
@@ -89,7 +94,9 @@ def main():
         changed = htpasswd.ensure(Path(module.params["path"]), users, check_only=module.check_mode)
     except (ValueError, OSError) as exc:
         module.fail_json(msg=f"htpasswd {module.params['path']}: {exc}")
-    module.exit_json(changed=changed, users=sorted(users), checksum=htpasswd.checksum(Path(module.params["path"])))
+    module.exit_json(
+        changed=changed, users=sorted(users), checksum=htpasswd.checksum(Path(module.params["path"]))
+    )
 
 
 if __name__ == "__main__":

@@ -78,7 +78,10 @@ def main():
     p = module.params
     try:
         changed = ensure_key_pair(
-            Path(p["private_key_path"]), Path(p["public_key_path"]), p["key_type"], check_only=module.check_mode
+            Path(p["private_key_path"]),
+            Path(p["public_key_path"]),
+            p["key_type"],
+            check_only=module.check_mode,
         )
     except (PKIError, OSError) as exc:
         module.fail_json(msg=f"key pair {p['private_key_path']}: {exc}")

@@ -139,7 +139,10 @@ def main():
         module.fail_json(msg=f"process {name}: {exc}", log=str(directory / f"{name}.log"))
     st = services.status(directory, name)
     module.exit_json(
-        changed=action is not None, action=action, pid=st.pid, child_pid=st.child_pid,
+        changed=action is not None,
+        action=action,
+        pid=st.pid,
+        child_pid=st.child_pid,
         log=str(directory / f"{name}.log"),
     )
 

@@ -174,8 +174,12 @@ def main():
         )
     except (PKIError, ValueError, OSError) as exc:
         module.fail_json(msg=f"certificate {p['path']} (CN={p['common_name']}): {exc}")
-    module.exit_json(changed=result.changed, reason=result.reason, not_after=result.not_after.isoformat(),
-                     serial=result.serial)
+    module.exit_json(
+        changed=result.changed,
+        reason=result.reason,
+        not_after=result.not_after.isoformat(),
+        serial=result.serial,
+    )
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wasmlet", description="A kubelet for WebAssembly workloads.")
     parser.add_argument("--version", action="version", version=f"wasmlet {__version__}")
     parser.parse_args(argv)
-    print("wasmlet: the node agent is not part of this release yet; see `wasmlet --version`.",
-          file=sys.stderr)
+    print(
+        "wasmlet: the node agent is not part of this release yet; see `wasmlet --version`.", file=sys.stderr
+    )
     return 2
 
 

@@ -34,9 +34,11 @@ def render(users: Mapping[str, str], existing: Mapping[str, str]) -> str:
         if ":" in name or not name or name != name.strip():
             raise ValueError(f"htpasswd user name {name!r} is empty, contains ':' or has surrounding spaces")
         old = existing.get(name)
-        hashed = old if old and _verifies(users[name], old) else bcrypt.hashpw(
-            users[name].encode(), bcrypt.gensalt(rounds=10)
-        ).decode()
+        hashed = (
+            old
+            if old and _verifies(users[name], old)
+            else bcrypt.hashpw(users[name].encode(), bcrypt.gensalt(rounds=10)).decode()
+        )
         lines.append(f"{name}:{hashed}\n")
     return "".join(lines)
 

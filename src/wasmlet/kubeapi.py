@@ -45,7 +45,11 @@ class Client:
         self.close()
 
     def request(
-        self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None,
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: dict[str, str] | None = None,
         content_type: str = "application/json",
     ) -> Any:
         headers = {"Content-Type": content_type} if body is not None else {}

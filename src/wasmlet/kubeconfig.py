@@ -29,6 +29,7 @@ def _b64(data: bytes) -> str:
 
 
 def render(
+    *,
     server: str,
     ca_pem: bytes,
     user: str,
@@ -47,7 +48,9 @@ def render(
     doc = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": cluster, "cluster": {"server": server, "certificate-authority-data": _b64(ca_pem)}}],
+        "clusters": [
+            {"name": cluster, "cluster": {"server": server, "certificate-authority-data": _b64(ca_pem)}}
+        ],
         "users": [{"name": user, "user": creds}],
         "contexts": [{"name": context, "context": {"cluster": cluster, "user": user}}],
         "current-context": context,
@@ -114,7 +117,8 @@ def load(path: Path) -> Credentials:
         ctx_name = doc["current-context"]
         ctx = next(c["context"] for c in doc["contexts"] if c["name"] == ctx_name)
         cluster = next(c["cluster"] for c in doc["clusters"] if c["name"] == ctx["cluster"])
-        user = next((u["user"] for u in doc.get("users") or [] if u["name"] == ctx.get("user")), {}) or {}
+        users: list[dict[str, Any]] = doc.get("users") or []
+        user: dict[str, Any] = next((u["user"] or {} for u in users if u["name"] == ctx.get("user")), {})
         base = path.parent
         return Credentials(
             server=cluster["server"],

@@ -125,7 +125,9 @@ def public_key_fingerprint(path: Path) -> str:
         return ""
 
 
-def ensure_key_pair(key_path: Path, pub_path: Path, key_type: KeyType = "rsa", check_only: bool = False) -> bool:
+def ensure_key_pair(
+    key_path: Path, pub_path: Path, key_type: KeyType = "rsa", check_only: bool = False
+) -> bool:
     """A private key and its SPKI public key (the service-account signing pair)."""
     if check_only:
         if not key_path.exists() or (key_path.stat().st_mode & 0o777) != SECRET_MODE:
@@ -249,19 +251,30 @@ def build_certificate(
     if spec.is_ca:
         builder = builder.add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
     else:
         builder = builder.add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False,
+                digital_signature=True,
+                content_commitment=False,
                 key_encipherment=isinstance(public_key, rsa.RSAPublicKey),
-                data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-                encipher_only=False, decipher_only=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -294,6 +307,7 @@ def ensure_certificate(
     key_path: Path,
     ca_cert_path: Path | None = None,
     ca_key_path: Path | None = None,
+    *,
     check_only: bool = False,
 ) -> EnsureResult:
     """Make ``cert_path``/``key_path`` hold a valid certificate for ``spec``.
@@ -317,7 +331,9 @@ def ensure_certificate(
             if mode_changed and not check_only:
                 key_path.chmod(SECRET_MODE)
             current = load_cert(cert_path)
-            return EnsureResult(mode_changed, "reused", current.not_valid_after_utc, f"{current.serial_number:x}")
+            return EnsureResult(
+                mode_changed, "reused", current.not_valid_after_utc, f"{current.serial_number:x}"
+            )
         reason = why
     if check_only:
         return EnsureResult(True, reason, _now() + dt.timedelta(days=spec.valid_days))
@@ -336,8 +352,9 @@ def build_csr(
     ip_addresses: Sequence[str] = (),
 ) -> bytes:
     """A PEM certificate signing request (used by the node's TLS bootstrap)."""
-    spec = CertSpec(common_name, tuple(organizations), dns_names=tuple(dns_names),
-                    ip_addresses=tuple(ip_addresses))
+    spec = CertSpec(
+        common_name, tuple(organizations), dns_names=tuple(dns_names), ip_addresses=tuple(ip_addresses)
+    )
     builder = x509.CertificateSigningRequestBuilder().subject_name(spec.subject())
     sans = spec.sans()
     if sans:

@@ -97,11 +97,27 @@ def start(spec: ServiceSpec, wait: float = 10.0) -> int:
     """Start the supervisor for ``spec`` in its own session; returns its pid."""
     spec.directory.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **spec.env}
-    cmd = [sys.executable, "-m", "wasmlet.supervise", "--name", spec.name, "--dir", str(spec.directory),
-           "--grace", str(spec.grace), "--", *spec.argv]
+    cmd = [
+        sys.executable,
+        "-m",
+        "wasmlet.supervise",
+        "--name",
+        spec.name,
+        "--dir",
+        str(spec.directory),
+        "--grace",
+        str(spec.grace),
+        "--",
+        *spec.argv,
+    ]
     proc = subprocess.Popen(
-        cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        start_new_session=True, close_fds=True,
+        cmd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        close_fds=True,
     )
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
@@ -110,8 +126,8 @@ def start(spec: ServiceSpec, wait: float = 10.0) -> int:
             # Recorded only once this supervisor holds the lock: a refused start never
             # overwrites what the running one was started with.
             write_atomic(spec.specfile, json.dumps(spec.recorded(), indent=2, sort_keys=True).encode(), 0o600)
-            assert proc.stderr is not None
-            proc.stderr.close()
+            if proc.stderr is not None:
+                proc.stderr.close()
             return proc.pid
         if proc.poll() is not None:
             err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""

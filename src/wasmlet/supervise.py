@@ -57,8 +57,10 @@ class Supervisor:
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"wasmlet-supervise: {self.name} is already supervised ({self.pidfile} is locked)",
-                  file=sys.stderr)
+            print(
+                f"wasmlet-supervise: {self.name} is already supervised ({self.pidfile} is locked)",
+                file=sys.stderr,
+            )
             return 1
         os.ftruncate(lock_fd, 0)
         os.write(lock_fd, f"{os.getpid()}\n".encode())
@@ -97,13 +99,8 @@ class Supervisor:
             os.close(lock_fd)
         return 0
 
-    def _wait_child(self) -> int:
-        assert self.child is not None
-        while True:
-            try:
-                return self.child.wait()
-            except InterruptedError:  # pragma: no cover - PEP 475 retries for us
-                continue
+    def _wait_child(self) -> int | None:
+        return self.child.wait() if self.child is not None else None
 
     def _stop_child(self, log: int) -> None:
         child = self.child

@@ -15,11 +15,14 @@ from helpers import SECURE_REGISTRY, Cluster, Registry, run_playbook
 from wasmlet import paths
 from wasmlet.kubeapi import Client
 
+
 @pytest.fixture(scope="session")
 def cluster() -> Cluster:
     run_playbook("cluster.yml")
     kubectl = paths.home() / "bin" / "kubectl"
-    return Cluster(paths.admin_kubeconfig(), paths.cluster_dir() / "pki", paths.cluster_dir() / "run", kubectl)
+    return Cluster(
+        paths.admin_kubeconfig(), paths.cluster_dir() / "pki", paths.cluster_dir() / "run", kubectl
+    )
 
 
 @pytest.fixture(scope="session")

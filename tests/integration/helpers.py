@@ -38,10 +38,13 @@ def run_playbook(playbook: str, extra_vars: dict[str, object] | None = None) -> 
     cmd = [ANSIBLE_PLAYBOOK, "-i", str(ROOT / "inventories/local"), str(ROOT / "playbooks" / playbook)]
     if extra_vars:
         cmd += ["-e", json.dumps(extra_vars)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False,
-                          env={**os.environ, "ANSIBLE_NOCOLOR": "1"})
+    proc = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, check=False, env={**os.environ, "ANSIBLE_NOCOLOR": "1"}
+    )
     if proc.returncode != 0:
-        raise AssertionError(f"{playbook} failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"{playbook} failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+        )
     return proc.stdout
 
 
@@ -89,41 +92,53 @@ def create_bootstrap_token(admin: Client, ttl: dt.timedelta = dt.timedelta(hours
     token_id = "".join(secrets.choice(_ALPHABET) for _ in range(6))
     token_secret = "".join(secrets.choice(_ALPHABET) for _ in range(16))
     expiration = (dt.datetime.now(dt.UTC) + ttl).strftime("%Y-%m-%dT%H:%M:%SZ")
-    admin.post("/api/v1/namespaces/kube-system/secrets", {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": f"bootstrap-token-{token_id}", "namespace": "kube-system"},
-        "type": "bootstrap.kubernetes.io/token",
-        "stringData": {
-            "token-id": token_id,
-            "token-secret": token_secret,
-            "expiration": expiration,
-            "usage-bootstrap-authentication": "true",
-            "usage-bootstrap-signing": "true",
-            "auth-extra-groups": "system:bootstrappers:kubeadm:default-node-token",
-            "description": "wasmlet integration test",
+    admin.post(
+        "/api/v1/namespaces/kube-system/secrets",
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": f"bootstrap-token-{token_id}", "namespace": "kube-system"},
+            "type": "bootstrap.kubernetes.io/token",
+            "stringData": {
+                "token-id": token_id,
+                "token-secret": token_secret,
+                "expiration": expiration,
+                "usage-bootstrap-authentication": "true",
+                "usage-bootstrap-signing": "true",
+                "auth-extra-groups": "system:bootstrappers:kubeadm:default-node-token",
+                "description": "wasmlet integration test",
+            },
         },
-    })
+    )
     return f"{token_id}.{token_secret}"
 
 
 def post_csr(
-    client: Client, name: str, signer: str, usages: list[str], node: str,
-    dns_names: tuple[str, ...] = (), ip_addresses: tuple[str, ...] = (),
+    client: Client,
+    name: str,
+    signer: str,
+    usages: list[str],
+    node: str,
+    *,
+    dns_names: tuple[str, ...] = (),
+    ip_addresses: tuple[str, ...] = (),
 ) -> ec.EllipticCurvePrivateKey:
     key = ec.generate_private_key(ec.SECP256R1())
     request = pki.build_csr(key, f"system:node:{node}", ["system:nodes"], dns_names, ip_addresses)
-    client.post("/apis/certificates.k8s.io/v1/certificatesigningrequests", {
-        "apiVersion": "certificates.k8s.io/v1",
-        "kind": "CertificateSigningRequest",
-        "metadata": {"name": name},
-        "spec": {
-            "request": base64.b64encode(request).decode(),
-            "signerName": signer,
-            "usages": usages,
-            "expirationSeconds": 3600,
+    client.post(
+        "/apis/certificates.k8s.io/v1/certificatesigningrequests",
+        {
+            "apiVersion": "certificates.k8s.io/v1",
+            "kind": "CertificateSigningRequest",
+            "metadata": {"name": name},
+            "spec": {
+                "request": base64.b64encode(request).decode(),
+                "signerName": signer,
+                "usages": usages,
+                "expirationSeconds": 3600,
+            },
         },
-    })
+    )
     return key
 
 

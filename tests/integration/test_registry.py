@@ -27,7 +27,10 @@ def test_blob_round_trips_through_the_registry(registry: Registry, tmp_path: Pat
     out = tmp_path / "out"
     pulled = client.pull(target=target, outdir=str(out))
     assert len(pulled) == 1
-    assert hashlib.sha256(Path(pulled[0]).read_bytes()).hexdigest() == hashlib.sha256(src.read_bytes()).hexdigest()
+    assert (
+        hashlib.sha256(Path(pulled[0]).read_bytes()).hexdigest()
+        == hashlib.sha256(src.read_bytes()).hexdigest()
+    )
 
 
 def test_basic_auth_registry_refuses_anonymous_push(secure_registry: Registry) -> None:
@@ -40,16 +43,27 @@ def test_basic_auth_registry_refuses_anonymous_push(secure_registry: Registry) -
     assert upload.status_code == 401
     assert upload.headers["WWW-Authenticate"].startswith("Basic ")
     manifest = requests.put(
-        f"{base}/manifests/v1", data=b"{}", verify=ca, timeout=10,
+        f"{base}/manifests/v1",
+        data=b"{}",
+        verify=ca,
+        timeout=10,
         headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
     )
     assert manifest.status_code == 401
     # Wrong credentials are refused as well; nothing reached the registry.
-    wrong = requests.post(f"{base}/blobs/uploads/", verify=ca, timeout=10,
-                          auth=(secure_registry.username or "", "not-the-password"))
+    wrong = requests.post(
+        f"{base}/blobs/uploads/",
+        verify=ca,
+        timeout=10,
+        auth=(secure_registry.username or "", "not-the-password"),
+    )
     assert wrong.status_code == 401
-    tags = requests.get(f"{base}/tags/list", verify=ca, timeout=10,
-                        auth=(secure_registry.username or "", secure_registry.password or ""))
+    tags = requests.get(
+        f"{base}/tags/list",
+        verify=ca,
+        timeout=10,
+        auth=(secure_registry.username or "", secure_registry.password or ""),
+    )
     assert tags.status_code == 404
 
 
@@ -61,8 +75,12 @@ def test_basic_auth_registry_with_custom_ca_accepts_authenticated_push(
     client = oras.client.OrasClient(
         hostname=secure_registry.host, tls_verify=str(secure_registry.ca), auth_backend="basic"
     )
-    client.login(username=secure_registry.username or "", password=secure_registry.password or "",
-                 hostname=secure_registry.host, tls_verify=str(secure_registry.ca))
+    client.login(
+        username=secure_registry.username or "",
+        password=secure_registry.password or "",
+        hostname=secure_registry.host,
+        tls_verify=str(secure_registry.ca),
+    )
     client.push(files=[str(src)], target=target, disable_path_validation=True)
     pulled = client.pull(target=target, outdir=str(tmp_path / "out"))
     assert Path(pulled[0]).read_bytes() == src.read_bytes()

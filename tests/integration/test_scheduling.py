@@ -27,20 +27,35 @@ WASM_TOLERATIONS = [
 
 
 def make_node(admin: Client, name: str, label: str, taints: list[dict[str, str]]) -> None:
-    admin.post("/api/v1/nodes", {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {"name": name, "labels": {"wasmlet.test/run": label, "kubernetes.io/hostname": name}},
-        "spec": {"taints": taints},
-    })
+    admin.post(
+        "/api/v1/nodes",
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": name, "labels": {"wasmlet.test/run": label, "kubernetes.io/hostname": name}},
+            "spec": {"taints": taints},
+        },
+    )
     resources = {"cpu": "2", "memory": "4Gi", "pods": "110"}
-    admin.patch(f"/api/v1/nodes/{name}/status", {"status": {
-        "capacity": resources,
-        "allocatable": resources,
-        "conditions": [{"type": "Ready", "status": "True", "reason": "IntegrationTest",
-                        "message": "a Node object made by the test"}],
-        "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
-    }}, patch_type="strategic-merge")
+    admin.patch(
+        f"/api/v1/nodes/{name}/status",
+        {
+            "status": {
+                "capacity": resources,
+                "allocatable": resources,
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "True",
+                        "reason": "IntegrationTest",
+                        "message": "a Node object made by the test",
+                    }
+                ],
+                "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+            }
+        },
+        patch_type="strategic-merge",
+    )
 
 
 def pod(name: str, label: str, tolerations: list[dict[str, str]]) -> dict[str, Any]:
@@ -61,7 +76,9 @@ def nodes(admin: Client) -> Iterator[tuple[str, str, str]]:
     label = unique("run")
     wasm_node, other_node = unique("wasm-node"), unique("other-node")
     make_node(admin, wasm_node, label, WASM_TAINTS)
-    make_node(admin, other_node, label, [{"key": "example.com/dedicated", "value": "gpu", "effect": "NoSchedule"}])
+    make_node(
+        admin, other_node, label, [{"key": "example.com/dedicated", "value": "gpu", "effect": "NoSchedule"}]
+    )
     yield label, wasm_node, other_node
     for name in (wasm_node, other_node):
         delete_quietly(admin, f"/api/v1/nodes/{name}")
@@ -76,11 +93,14 @@ def test_scheduler_binds_wasm_pod_to_the_node_whose_taints_it_tolerates(
         for name in names:
             admin.post("/api/v1/namespaces/default/pods", pod(name, label, WASM_TOLERATIONS))
         for name in names:
-            bound = wait_for(
-                f"pod {name} to be bound",
-                lambda n=name: admin.get(f"/api/v1/namespaces/default/pods/{n}")["spec"].get("nodeName"),
-            )
-            assert bound == wasm_node
+
+            def node_name(pod_name: str = name) -> str | None:
+                bound: str | None = admin.get(f"/api/v1/namespaces/default/pods/{pod_name}")["spec"].get(
+                    "nodeName"
+                )
+                return bound
+
+            assert wait_for(f"pod {name} to be bound", node_name) == wasm_node
     finally:
         for name in names:
             delete_quietly(admin, f"/api/v1/namespaces/default/pods/{name}?gracePeriodSeconds=0")
@@ -91,8 +111,9 @@ def test_pod_without_wasm_tolerations_stays_unschedulable(admin: Client, nodes: 
     name = unique("plain-pod")
     admin.post("/api/v1/namespaces/default/pods", pod(name, label, WASM_TOLERATIONS[2:]))
     try:
+
         def unschedulable() -> dict[str, Any] | None:
-            p = admin.get(f"/api/v1/namespaces/default/pods/{name}")
+            p: dict[str, Any] = admin.get(f"/api/v1/namespaces/default/pods/{name}")
             for cond in p.get("status", {}).get("conditions", []):
                 if cond["type"] == "PodScheduled" and cond["reason"] == "Unschedulable":
                     return p

@@ -41,9 +41,13 @@ def bootstrap_client(cluster: Cluster, admin: Client) -> Iterator[tuple[Client, 
 
 def test_bootstrap_token_authenticates_as_bootstrap_user(bootstrap_client: tuple[Client, str]) -> None:
     client, token = bootstrap_client
-    review = client.post("/apis/authentication.k8s.io/v1/selfsubjectreviews", {
-        "apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview",
-    })
+    review = client.post(
+        "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+        {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "SelfSubjectReview",
+        },
+    )
     user = review["status"]["userInfo"]
     assert user["username"] == f"system:bootstrap:{token.split('.')[0]}"
     assert "system:bootstrappers" in user["groups"]
@@ -69,7 +73,9 @@ def test_client_csr_posted_with_bootstrap_token_is_auto_approved_and_signed(
         conditions = get_csr(admin, node)["status"]["conditions"]
         assert [(c["type"], c["reason"]) for c in conditions] == [("Approved", "AutoApproved")]
         assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == f"system:node:{node}"
-        assert [o.value for o in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)] == ["system:nodes"]
+        assert [o.value for o in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)] == [
+            "system:nodes"
+        ]
         cert.verify_directly_issued_by(pki.load_cert(cluster.pki / "ca.crt"))
         assert cert.public_key() == key.public_key()
 
@@ -79,9 +85,13 @@ def test_client_csr_posted_with_bootstrap_token_is_auto_approved_and_signed(
             creds.server, creds.ca_pem, pki.cert_pem(cert), pki.key_pem(key), None
         )
         with Client(node_creds) as as_node:
-            review = as_node.post("/apis/authentication.k8s.io/v1/selfsubjectreviews", {
-                "apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview",
-            })
+            review = as_node.post(
+                "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                {
+                    "apiVersion": "authentication.k8s.io/v1",
+                    "kind": "SelfSubjectReview",
+                },
+            )
         assert review["status"]["userInfo"]["username"] == f"system:node:{node}"
     finally:
         delete_quietly(admin, f"{CSRS}/{node}")
@@ -94,8 +104,15 @@ def test_kubelet_serving_csr_stays_pending_until_approved_then_is_signed(
     node = unique("serving-node")
     serving = f"{node}-tls"
     marker = f"{node}-marker"
-    post_csr(client, serving, SERVING_SIGNER, ["digital signature", "server auth"], node,
-             dns_names=(node,), ip_addresses=("127.0.0.1",))
+    post_csr(
+        client,
+        serving,
+        SERVING_SIGNER,
+        ["digital signature", "server auth"],
+        node,
+        dns_names=(node,),
+        ip_addresses=("127.0.0.1",),
+    )
     try:
         # A client CSR posted after it is auto-approved: the approver has seen the serving
         # CSR by then, and left it alone.
@@ -105,10 +122,16 @@ def test_kubelet_serving_csr_stays_pending_until_approved_then_is_signed(
         assert "certificate" not in pending.get("status", {})
         assert not pending.get("status", {}).get("conditions")
 
-        pending["status"] = {"conditions": [{
-            "type": "Approved", "status": "True", "reason": "IntegrationTest",
-            "message": "approved by the wasmlet integration test",
-        }]}
+        pending["status"] = {
+            "conditions": [
+                {
+                    "type": "Approved",
+                    "status": "True",
+                    "reason": "IntegrationTest",
+                    "message": "approved by the wasmlet integration test",
+                }
+            ]
+        }
         admin.put(f"{CSRS}/{serving}/approval", pending)
         cert = wait_for(f"CSR {serving} to be signed", lambda: issued_certificate(admin, serving))
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

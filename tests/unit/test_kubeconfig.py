@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 from pathlib import Path
 
 import pytest
@@ -36,7 +35,7 @@ def _doc(cluster: dict[str, object], user: dict[str, object]) -> dict[str, objec
 def test_written_kubeconfig_round_trips_client_certificate_credentials(tmp_path: Path) -> None:
     path = tmp_path / "admin.kubeconfig"
     content = kubeconfig.render(
-        "https://10.0.0.1:6443", CA, "admin", client_cert_pem=CERT, client_key_pem=KEY
+        server="https://10.0.0.1:6443", ca_pem=CA, user="admin", client_cert_pem=CERT, client_key_pem=KEY
     )
     assert kubeconfig.write(path, content) is True
     creds = kubeconfig.load(path)
@@ -51,7 +50,10 @@ def test_written_kubeconfig_round_trips_client_certificate_credentials(tmp_path:
 def test_written_kubeconfig_round_trips_token(tmp_path: Path) -> None:
     path = tmp_path / "bootstrap.kubeconfig"
     kubeconfig.write(
-        path, kubeconfig.render("https://api:6443", CA, "kubelet-bootstrap", token="abc.0123456789abcdef")
+        path,
+        kubeconfig.render(
+            server="https://api:6443", ca_pem=CA, user="kubelet-bootstrap", token="abc.0123456789abcdef"
+        ),
     )
     creds = kubeconfig.load(path)
     assert creds.token == "abc.0123456789abcdef"
@@ -62,7 +64,9 @@ def test_written_kubeconfig_round_trips_token(tmp_path: Path) -> None:
 
 def test_rendered_kubeconfig_embeds_credentials_as_data(tmp_path: Path) -> None:
     doc = yaml.safe_load(
-        kubeconfig.render("https://s", CA, "u", cluster="k", client_cert_pem=CERT, client_key_pem=KEY)
+        kubeconfig.render(
+            server="https://s", ca_pem=CA, user="u", cluster="k", client_cert_pem=CERT, client_key_pem=KEY
+        )
     )
     assert doc["current-context"] == "u@k"
     assert base64.b64decode(doc["clusters"][0]["cluster"]["certificate-authority-data"]) == CA
@@ -71,7 +75,7 @@ def test_rendered_kubeconfig_embeds_credentials_as_data(tmp_path: Path) -> None:
 
 def test_kubeconfig_is_written_mode_0600_and_rewrite_is_no_change(tmp_path: Path) -> None:
     path = tmp_path / "k"
-    content = kubeconfig.render("https://s", CA, "u", token="t")
+    content = kubeconfig.render(server="https://s", ca_pem=CA, user="u", token="t")
     kubeconfig.write(path, content)
     assert path.stat().st_mode & 0o777 == 0o600
     assert kubeconfig.write(path, content) is False
