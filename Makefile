@@ -18,7 +18,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH):/usr/local/go/bin
 
 help:
 	@echo "make up          create .venv, then run site.yml: control plane, registry (see README)"
-	@echo "make test        lint, unit, integration and molecule tests"
+	@echo "make test        lint, ansible-test sanity, unit, integration and molecule tests"
 	@echo "make down        stop everything make up started (PURGE=true also deletes ~/.wasmlet state)"
 	@echo "make lint | unit | integration | molecule | sanity"
 
@@ -54,7 +54,19 @@ integration: venv
 molecule: venv
 	cd $(COLLECTION_LINK) && $(CURDIR)/$(BIN)/molecule test --all
 
-test: lint unit integration molecule
+# ansible-test wants the collection under ansible_collections/<ns>/<name> as a real tree,
+# outside any git work tree (it lists files with git), and downloads a pip bootstrap script from a host CI cannot reach: give it the offline one.
+SANITY_DIR := $(HOME)/.cache/wasmlet/sanity/ansible_collections/wasmlet/kube
+ANSIBLE_TEST_PIP := $(shell $(BIN)/python -c "import re,ansible_test,pathlib;print(re.search(r\"pip='([0-9.]+)'\",(pathlib.Path(ansible_test.__file__).parent/'_internal/python_requirements.py').read_text()).group(1))" 2>/dev/null)
+
+sanity: venv
+	rm -rf $(SANITY_DIR) && mkdir -p $(SANITY_DIR)
+	git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t $(SANITY_DIR)
+	mkdir -p ~/.ansible/test/cache
+	cp tests/sanity/get_pip.py ~/.ansible/test/cache/get_pip_$(subst .,_,$(ANSIBLE_TEST_PIP)).py
+	cd $(SANITY_DIR) && $(CURDIR)/$(BIN)/ansible-test sanity --python 3.11 --requirements
+
+test: lint sanity unit integration molecule
 
 clean:
 	rm -rf $(VENV) .collections .mypy_cache .ruff_cache .pytest_cache

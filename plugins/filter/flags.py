@@ -1,5 +1,5 @@
 # Copyright: wasmlet contributors
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The ``flags`` filter: a mapping of command-line options to ``--name=value`` arguments."""
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ options:
     description: Options and their values.
     type: dict
     required: true
-author: wasmlet contributors
+author:
+  - wasmlet contributors (@wasmlet)
 """
 
 EXAMPLES = r"""

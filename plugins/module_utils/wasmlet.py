@@ -1,5 +1,5 @@
 # Copyright: wasmlet contributors
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Import guard for the ``wasmlet`` package, which holds the one implementation the
 modules call into (PKI, kubeconfigs, supervised processes, OCI, wasmtime).
 
@@ -12,13 +12,15 @@ from __future__ import annotations
 import traceback
 
 try:
-    import wasmlet  # noqa: F401  (imported for the availability check)
+    import wasmlet
 except ImportError:
     HAS_WASMLET = False
     WASMLET_IMPORT_ERROR = traceback.format_exc()
+    WASMLET_VERSION = None
 else:
     HAS_WASMLET = True
     WASMLET_IMPORT_ERROR = None
+    WASMLET_VERSION = wasmlet.__version__
 
 
 def require_wasmlet(module):

@@ -1,6 +1,6 @@
 #!/usr/bin/python
 # Copyright: wasmlet contributors
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ version_added: "0.1.0"
 description:
   - Writes O(path) (mode C(0600)) with one bcrypt line per user in O(users). Users not listed are removed.
   - An existing hash is kept while it still verifies the given password, so re-runs change nothing.
-author: wasmlet contributors
+author:
+  - wasmlet contributors (@wasmlet)
 requirements:
   - wasmlet and bcrypt on the managed host
 options:
@@ -34,11 +35,8 @@ options:
         description: Password, never logged.
         type: str
         required: true
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
+extends_documentation_fragment:
+  - wasmlet.kube.attributes
 """
 
 EXAMPLES = r"""

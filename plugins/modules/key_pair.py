@@ -1,6 +1,6 @@
 #!/usr/bin/python
 # Copyright: wasmlet contributors
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ description:
   - Makes O(private_key_path) hold a PEM private key (mode C(0600)) and O(public_key_path) its
     SubjectPublicKeyInfo PEM, as Kubernetes' service-account signing key pair (C(sa.key), C(sa.pub)).
   - An existing private key is never replaced; only a missing public key is rewritten.
-author: wasmlet contributors
+author:
+  - wasmlet contributors (@wasmlet)
 requirements:
   - wasmlet (the Python package of this collection) on the managed host
 options:
@@ -30,11 +31,8 @@ options:
     type: str
     choices: [rsa, ecdsa]
     default: rsa
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
+extends_documentation_fragment:
+  - wasmlet.kube.attributes
 """
 
 EXAMPLES = r"""

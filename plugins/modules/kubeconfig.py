@@ -1,6 +1,6 @@
 #!/usr/bin/python
 # Copyright: wasmlet contributors
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ description:
   - Writes a kubeconfig with one cluster, one user and one context, embedding the CA and either a
     client certificate and key or a bearer token. The file is mode C(0600).
   - Rewritten only when its content would change.
-author: wasmlet contributors
+author:
+  - wasmlet contributors (@wasmlet)
 requirements:
   - wasmlet (the Python package of this collection) on the managed host
 options:
@@ -46,11 +47,8 @@ options:
   token:
     description: Bearer token (for example a bootstrap token C(<id>.<secret>)).
     type: str
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
+extends_documentation_fragment:
+  - wasmlet.kube.attributes
 """
 
 EXAMPLES = r"""

@@ -1,6 +1,6 @@
 #!/usr/bin/python
 # Copyright: wasmlet contributors
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ description:
     dead one and restarts one whose command changed. C(state=restarted) always restarts.
     C(state=stopped) sends SIGTERM, then SIGKILL after O(grace) seconds.
   - Use it where systemd is not the service manager; on systemd hosts the roles write units instead.
-author: wasmlet contributors
+author:
+  - wasmlet contributors (@wasmlet)
 requirements:
   - wasmlet (the Python package of this collection) on the managed host
 options:
@@ -46,11 +47,8 @@ options:
     description: Seconds between SIGTERM and SIGKILL when stopping.
     type: float
     default: 10
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
+extends_documentation_fragment:
+  - wasmlet.kube.attributes
 """
 
 EXAMPLES = r"""

@@ -1,6 +1,6 @@
 #!/usr/bin/python
 # Copyright: wasmlet contributors
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ description:
     the CA and does not expire within O(renew_before_days); otherwise it is re-issued.
   - The private key is written mode C(0600); certificates C(0644).
   - Certificates use random positive serial numbers, SKI/AKI and key usages that Go's X.509 parser accepts.
-author: wasmlet contributors
+author:
+  - wasmlet contributors (@wasmlet)
 requirements:
   - wasmlet (the Python package of this collection) on the managed host
 options:
@@ -76,11 +77,8 @@ options:
     type: str
     choices: [rsa, ecdsa]
     default: rsa
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
+extends_documentation_fragment:
+  - wasmlet.kube.attributes
 """
 
 EXAMPLES = r"""

@@ -15,7 +15,7 @@ def parse(text: str) -> dict[str, str]:
     entries: dict[str, str] = {}
     for line in text.splitlines():
         if ":" in line and not line.startswith("#"):
-            user, _, hashed = line.partition(":")
+            user, hashed = line.split(":", 1)
             entries[user.strip()] = hashed.strip()
     return entries
 

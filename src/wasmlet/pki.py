@@ -338,7 +338,7 @@ def ensure_certificate(
     if check_only:
         return EnsureResult(True, reason, _now() + dt.timedelta(days=spec.valid_days))
 
-    key, _ = ensure_key(key_path, spec.key_type)
+    key = ensure_key(key_path, spec.key_type)[0]
     cert = build_certificate(spec, key.public_key(), ca_key if ca_key else key, issuer)
     write_atomic(cert_path, cert_pem(cert), PUBLIC_MODE)
     return EnsureResult(True, reason, cert.not_valid_after_utc, f"{cert.serial_number:x}")

@@ -117,7 +117,7 @@ class Supervisor:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="wasmlet-supervise", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="wasmlet-supervise", description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--name", required=True)
     parser.add_argument("--dir", required=True, type=Path)
     parser.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL")

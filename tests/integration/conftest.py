@@ -32,16 +32,18 @@ def registry() -> Registry:
 
 
 @pytest.fixture(scope="session")
-def secure_registry() -> Registry:
+def secure_registry() -> Iterator[Registry]:
+    """A second registry with basic auth and TLS; removed again when the session ends."""
     run_playbook("registry.yml", SECURE_REGISTRY)
     users = SECURE_REGISTRY["registry_auth_users"]
     assert isinstance(users, list)
-    return Registry(
+    yield Registry(
         host="127.0.0.1:5001",
         ca=paths.home() / "registry-secure" / "tls" / "ca.crt",
         username=users[0]["username"],
         password=users[0]["password"],
     )
+    run_playbook("registry.yml", {**SECURE_REGISTRY, "registry_state": "absent"})
 
 
 @pytest.fixture

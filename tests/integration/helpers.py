@@ -83,14 +83,18 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0, in
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
+def random_string(length: int) -> str:
+    return "".join(secrets.choice(_ALPHABET) for _position in range(length))
+
+
 def unique(prefix: str) -> str:
-    return f"{prefix}-{''.join(secrets.choice(_ALPHABET) for _ in range(6))}"
+    return f"{prefix}-{random_string(6)}"
 
 
 def create_bootstrap_token(admin: Client, ttl: dt.timedelta = dt.timedelta(hours=1)) -> str:
     """A bootstrap token Secret as kubeadm (and Krustlet's bootstrap.sh) makes it."""
-    token_id = "".join(secrets.choice(_ALPHABET) for _ in range(6))
-    token_secret = "".join(secrets.choice(_ALPHABET) for _ in range(16))
+    token_id = random_string(6)
+    token_secret = random_string(16)
     expiration = (dt.datetime.now(dt.UTC) + ttl).strftime("%Y-%m-%dT%H:%M:%SZ")
     admin.post(
         "/api/v1/namespaces/kube-system/secrets",

@@ -87,8 +87,8 @@ def nodes(admin: Client) -> Iterator[tuple[str, str, str]]:
 def test_scheduler_binds_wasm_pod_to_the_node_whose_taints_it_tolerates(
     admin: Client, nodes: tuple[str, str, str]
 ) -> None:
-    label, wasm_node, _ = nodes
-    names = [unique("wasm-pod") for _ in range(4)]
+    label, wasm_node = nodes[0], nodes[1]
+    names = [unique(f"wasm-pod-{i}") for i in range(4)]
     try:
         for name in names:
             admin.post("/api/v1/namespaces/default/pods", pod(name, label, WASM_TOLERATIONS))
@@ -107,7 +107,7 @@ def test_scheduler_binds_wasm_pod_to_the_node_whose_taints_it_tolerates(
 
 
 def test_pod_without_wasm_tolerations_stays_unschedulable(admin: Client, nodes: tuple[str, str, str]) -> None:
-    label, _, _ = nodes
+    label = nodes[0]
     name = unique("plain-pod")
     admin.post("/api/v1/namespaces/default/pods", pod(name, label, WASM_TOLERATIONS[2:]))
     try:

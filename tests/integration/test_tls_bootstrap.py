@@ -36,7 +36,9 @@ def bootstrap_client(cluster: Cluster, admin: Client) -> Iterator[tuple[Client, 
     bootstrap = kubeconfig.Credentials(creds.server, creds.ca_pem, None, None, token)
     with Client(bootstrap) as client:
         yield client, token
-    delete_quietly(admin, f"/api/v1/namespaces/kube-system/secrets/bootstrap-token-{token.split('.')[0]}")
+    delete_quietly(
+        admin, f"/api/v1/namespaces/kube-system/secrets/bootstrap-token-{token.split('.', maxsplit=1)[0]}"
+    )
 
 
 def test_bootstrap_token_authenticates_as_bootstrap_user(bootstrap_client: tuple[Client, str]) -> None:
@@ -49,7 +51,7 @@ def test_bootstrap_token_authenticates_as_bootstrap_user(bootstrap_client: tuple
         },
     )
     user = review["status"]["userInfo"]
-    assert user["username"] == f"system:bootstrap:{token.split('.')[0]}"
+    assert user["username"] == f"system:bootstrap:{token.split('.', maxsplit=1)[0]}"
     assert "system:bootstrappers" in user["groups"]
     assert "system:bootstrappers:kubeadm:default-node-token" in user["groups"]
 
@@ -65,7 +67,7 @@ def test_wrong_bootstrap_token_is_rejected(cluster: Cluster) -> None:
 def test_client_csr_posted_with_bootstrap_token_is_auto_approved_and_signed(
     cluster: Cluster, admin: Client, bootstrap_client: tuple[Client, str]
 ) -> None:
-    client, _ = bootstrap_client
+    client = bootstrap_client[0]
     node = unique("bootstrap-node")
     key = post_csr(client, node, CLIENT_SIGNER, ["digital signature", "client auth"], node)
     try:
@@ -100,7 +102,7 @@ def test_client_csr_posted_with_bootstrap_token_is_auto_approved_and_signed(
 def test_kubelet_serving_csr_stays_pending_until_approved_then_is_signed(
     admin: Client, bootstrap_client: tuple[Client, str]
 ) -> None:
-    client, _ = bootstrap_client
+    client = bootstrap_client[0]
     node = unique("serving-node")
     serving = f"{node}-tls"
     marker = f"{node}-marker"
