@@ -35,7 +35,12 @@ SECURE_REGISTRY = {
 
 def run_playbook(playbook: str, extra_vars: dict[str, object] | None = None) -> str:
     """Run a playbook of this collection against the local inventory; return its output."""
-    cmd = [ANSIBLE_PLAYBOOK, "-i", str(ROOT / "inventories/local"), str(ROOT / "playbooks" / playbook)]
+    return run_playbook_file(ROOT / "playbooks" / playbook, extra_vars)
+
+
+def run_playbook_file(path: Path, extra_vars: dict[str, object] | None = None) -> str:
+    """Run any playbook against the local inventory, from the checkout; return its output."""
+    cmd = [ANSIBLE_PLAYBOOK, "-i", str(ROOT / "inventories/local"), str(path)]
     if extra_vars:
         cmd += ["-e", json.dumps(extra_vars)]
     proc = subprocess.run(
@@ -43,7 +48,7 @@ def run_playbook(playbook: str, extra_vars: dict[str, object] | None = None) -> 
     )
     if proc.returncode != 0:
         raise AssertionError(
-            f"{playbook} failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+            f"{path.name} failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
         )
     return proc.stdout
 

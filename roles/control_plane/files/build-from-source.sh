@@ -63,7 +63,9 @@ ldf="-s -w"
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   ldf+=" -X ${pkg}.gitVersion=${k8s_version} -X ${pkg}.gitMajor=1 -X ${pkg}.gitMinor=${minor}"
   ldf+=" -X ${pkg}.gitTreeState=clean -X ${pkg}.buildDate=${build_date:-1970-01-01T00:00:00Z}"
-  [ -n "$git_commit" ] && ldf+=" -X ${pkg}.gitCommit=${git_commit}"
+  # The module proxy does not say which commit a release was cut from; an empty gitCommit
+  # is honest, the default placeholder ("$Format:%H$") is not.
+  ldf+=" -X ${pkg}.gitCommit=${git_commit}"
 done
 
 (
