@@ -248,40 +248,23 @@ def build_certificate(
         .add_extension(x509.BasicConstraints(ca=spec.is_ca, path_length=None), critical=True)
         .add_extension(ski, critical=False)
     )
-    if spec.is_ca:
+    # A CA signs certificates; a leaf signs, and with RSA also enciphers keys (TLS key exchange).
+    key_usage = x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=not spec.is_ca and isinstance(public_key, rsa.RSAPublicKey),
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=spec.is_ca,
+        crl_sign=spec.is_ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
+    builder = builder.add_extension(key_usage, critical=True)
+    if spec.usages:  # never on a CA (CertSpec refuses that)
         builder = builder.add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
+            x509.ExtendedKeyUsage([_EKU[u] for u in spec.usages]), critical=False
         )
-    else:
-        builder = builder.add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=isinstance(public_key, rsa.RSAPublicKey),
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        if spec.usages:
-            builder = builder.add_extension(
-                x509.ExtendedKeyUsage([_EKU[u] for u in spec.usages]), critical=False
-            )
     if issuer is not None:
         issuer_ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         builder = builder.add_extension(
