@@ -2,21 +2,41 @@
 
 from __future__ import annotations
 
-import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
-from wasmlet import __version__
+import httpx
+
+from wasmlet import config as node_config
+from wasmlet.agent import Agent
+from wasmlet.bootstrap import BootstrapError
+from wasmlet.kubeapi import ApiError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="wasmlet", description="A kubelet for WebAssembly workloads.")
-    parser.add_argument("--version", action="version", version=f"wasmlet {__version__}")
-    parser.parse_args(argv)
-    print(
-        "wasmlet: the node agent is not part of this release yet; see `wasmlet --version`.", file=sys.stderr
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s",
     )
-    return 2
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API call is noise
+    try:
+        config = node_config.load(argv)
+    except node_config.ConfigError as exc:
+        print(f"wasmlet: error: {exc}", file=sys.stderr)
+        return 2
+    agent = Agent(config)
+    agent.install_signal_handlers()
+    try:
+        agent.run()
+    except BootstrapError as exc:
+        print(f"wasmlet: error: {exc}", file=sys.stderr)
+        return 1
+    except (ApiError, httpx.HTTPError, OSError) as exc:
+        print(f"wasmlet: error: node {config.node_name}: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

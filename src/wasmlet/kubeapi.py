@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +78,32 @@ class Client:
 
     def delete(self, path: str) -> Any:
         return self.request("DELETE", path)
+
+    def watch(
+        self, path: str, params: dict[str, str], resource_version: str, timeout_seconds: int = 300
+    ) -> Iterator[dict[str, Any]]:
+        """Stream watch events (``{"type": ..., "object": ...}``) from ``resource_version``.
+
+        Ends when the server closes the watch (after ``timeout_seconds``); raises
+        :class:`ApiError` with status 410 when the version is too old (relist, then resume).
+        """
+        query = {
+            **params,
+            "watch": "true",
+            "resourceVersion": resource_version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(timeout_seconds),
+        }
+        timeout = httpx.Timeout(10.0, read=timeout_seconds + 30.0)
+        with self._http.stream("GET", path, params=query, timeout=timeout) as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                raise ApiError("WATCH", path, resp.status_code, resp.json() if resp.content else None)
+            for line in resp.iter_lines():
+                if not line:
+                    continue
+                event: dict[str, Any] = json.loads(line)
+                if event.get("type") == "ERROR":
+                    status = event.get("object") or {}
+                    raise ApiError("WATCH", path, int(status.get("code", 500)), status)
+                yield event

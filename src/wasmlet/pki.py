@@ -87,14 +87,22 @@ def cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
+def load_key_pem(data: bytes, source: str = "private key") -> PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise PKIError(f"cannot read {source}: {exc}") from exc
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+        raise PKIError(f"{source} is neither RSA nor ECDSA")
+    return key
+
+
 def load_key(path: Path) -> PrivateKey:
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as exc:
+        data = path.read_bytes()
+    except OSError as exc:
         raise PKIError(f"cannot read private key {path}: {exc}") from exc
-    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
-        raise PKIError(f"private key {path} is neither RSA nor ECDSA")
-    return key
+    return load_key_pem(data, f"private key {path}")
 
 
 def load_cert(path: Path) -> x509.Certificate:
@@ -262,9 +270,7 @@ def build_certificate(
     )
     builder = builder.add_extension(key_usage, critical=True)
     if spec.usages:  # never on a CA (CertSpec refuses that)
-        builder = builder.add_extension(
-            x509.ExtendedKeyUsage([_EKU[u] for u in spec.usages]), critical=False
-        )
+        builder = builder.add_extension(x509.ExtendedKeyUsage([_EKU[u] for u in spec.usages]), critical=False)
     if issuer is not None:
         issuer_ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         builder = builder.add_extension(

@@ -10,7 +10,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from helpers import SECURE_REGISTRY, Cluster, Registry, run_playbook
+from helpers import (
+    SECURE_REGISTRY,
+    Cluster,
+    Registry,
+    approve_csr,
+    delete_quietly,
+    node_ready,
+    run_playbook,
+    unique,
+    wait_for,
+)
+from wasmlet_proc import WasmletNode, running_node
 
 from wasmlet import paths
 from wasmlet.kubeapi import Client
@@ -50,3 +61,25 @@ def secure_registry() -> Iterator[Registry]:
 def admin(cluster: Cluster) -> Iterator[Client]:
     with cluster.admin() as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def wasm_node(
+    cluster: Cluster, registry: Registry, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WasmletNode]:
+    """One real wasmlet node for the session, joined, its serving certificate approved,
+    pulling from the plain-HTTP local registry."""
+    admin = cluster.admin()
+    name = unique("wasm-node")
+    tmp = tmp_path_factory.mktemp("wasm-node")
+    with running_node(admin, tmp, name, "127.0.0.2", 10250, "--insecure-registries", registry.host) as node:
+        wait_for(f"node {name} to be Ready", lambda: node_ready(admin, name), timeout=60)
+        message = (
+            f"BOOTSTRAP: TLS certificate requires manual approval. Run kubectl certificate approve {name}-tls"
+        )
+        wait_for("the approval message", lambda: message in node.log(), timeout=30)
+        approve_csr(admin, f"{name}-tls")
+        wait_for("the kubelet API to listen", lambda: "kubelet API on https://" in node.log(), timeout=30)
+        yield node
+        delete_quietly(admin, f"/apis/certificates.k8s.io/v1/certificatesigningrequests/{name}-tls")
+    admin.close()

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from wasmlet import pki
+from wasmlet import pki, tokens
 from wasmlet.kubeapi import ApiError, Client
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,28 +98,7 @@ def unique(prefix: str) -> str:
 
 def create_bootstrap_token(admin: Client, ttl: dt.timedelta = dt.timedelta(hours=1)) -> str:
     """A bootstrap token Secret as kubeadm (and Krustlet's bootstrap.sh) makes it."""
-    token_id = random_string(6)
-    token_secret = random_string(16)
-    expiration = (dt.datetime.now(dt.UTC) + ttl).strftime("%Y-%m-%dT%H:%M:%SZ")
-    admin.post(
-        "/api/v1/namespaces/kube-system/secrets",
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": f"bootstrap-token-{token_id}", "namespace": "kube-system"},
-            "type": "bootstrap.kubernetes.io/token",
-            "stringData": {
-                "token-id": token_id,
-                "token-secret": token_secret,
-                "expiration": expiration,
-                "usage-bootstrap-authentication": "true",
-                "usage-bootstrap-signing": "true",
-                "auth-extra-groups": "system:bootstrappers:kubeadm:default-node-token",
-                "description": "wasmlet integration test",
-            },
-        },
-    )
-    return f"{token_id}.{token_secret}"
+    return tokens.create(admin, ttl, description="wasmlet integration test").token
 
 
 def post_csr(
@@ -167,3 +146,28 @@ def delete_quietly(client: Client, path: str) -> None:
     except ApiError as exc:
         if exc.status != 404:
             raise
+
+
+def approve_csr(admin: Client, name: str) -> None:
+    """Approve a CSR as `kubectl certificate approve` does."""
+    csr = get_csr(admin, name)
+    csr["status"] = {
+        "conditions": [
+            {
+                "type": "Approved",
+                "status": "True",
+                "reason": "KubectlApprove",
+                "message": "approved by the wasmlet integration test",
+            }
+        ]
+    }
+    admin.put(f"/apis/certificates.k8s.io/v1/certificatesigningrequests/{name}/approval", csr)
+
+
+def node_ready(admin: Client, name: str) -> dict[str, Any] | None:
+    try:
+        node: dict[str, Any] = admin.get(f"/api/v1/nodes/{name}")
+    except ApiError:
+        return None
+    ready = [c for c in node.get("status", {}).get("conditions", []) if c["type"] == "Ready"]
+    return node if ready and ready[0]["status"] == "True" else None

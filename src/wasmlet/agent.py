@@ -1,0 +1,93 @@
+"""The node agent's main loop: bootstrap, register, heartbeat, serve, run pods."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+from wasmlet import kubeconfig
+from wasmlet.bootstrap import Bootstrapper
+from wasmlet.config import NodeConfig
+from wasmlet.kubeapi import Client
+from wasmlet.node import NodeAgent
+from wasmlet.pods import PodController
+from wasmlet.runtime import Runtime
+from wasmlet.server import Authorizer, KubeletServer
+
+log = logging.getLogger(__name__)
+
+RENEW_CHECK_INTERVAL = 60.0
+
+
+class Agent:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.pods: PodController | None = None
+        self.runtime: Runtime | None = None
+        self.stop = threading.Event()
+        self.bootstrapper = Bootstrapper(config)
+        self.threads: list[threading.Thread] = []
+        self.server: KubeletServer | None = None
+
+    def _spawn(self, name: str, target: Any, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            log.info("received %s; stopping", signal.Signals(signum).name)
+            self.stop.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def run(self) -> None:
+        config = self.config
+        self.bootstrapper.ensure_client(self.stop)
+        client = Client.from_kubeconfig(config.kubeconfig)
+        node = NodeAgent(config, client)
+        node.register()
+        node.renew_lease()
+        self._spawn(f"heartbeat:{config.node_name}", node.run, self.stop)
+        # Pods run while the serving certificate waits for approval, as with a kubelet.
+        self.runtime = Runtime(config.data_dir / "cache" / "compiled")
+        self.pods = PodController(config, Client.from_kubeconfig(config.kubeconfig), self.runtime)
+        self.pods.start()
+        self.bootstrapper.ensure_serving(self.stop)
+        ca_pem = kubeconfig.load(config.kubeconfig).ca_pem or b""
+        self.server = KubeletServer(
+            (config.addr, config.port),
+            cert_file=config.cert_file,
+            key_file=config.private_key_file,
+            client_ca_pem=ca_pem,
+            authorizer=Authorizer(client, config.node_name),
+            source=self.pods,
+        )
+        self._spawn(f"kubelet-api:{config.addr}:{config.port}", self.server.serve_forever)
+        log.info("node %s is up: kubelet API on https://%s:%d", config.node_name, config.addr, config.port)
+        self._spawn("certificate-renewal", self._renew_loop)
+        self.stop.wait()
+        self.shutdown()
+
+    def _renew_loop(self) -> None:
+        while not self.stop.wait(RENEW_CHECK_INTERVAL):
+            try:
+                self.bootstrapper.ensure_client(self.stop)
+                if self.bootstrapper.ensure_serving(self.stop) and self.server is not None:
+                    self.server.reload_certificate()
+            except Exception as exc:  # keep running; try again at the next check
+                log.warning("certificate renewal for node %s failed: %s", self.config.node_name, exc)
+
+    def shutdown(self) -> None:
+        self.stop.set()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+        if self.pods is not None:
+            self.pods.shutdown()
+        if self.runtime is not None:
+            self.runtime.close()

@@ -1,0 +1,229 @@
+"""The node agent's configuration: flags > ``WASMLET_*`` environment > config file > defaults.
+
+Names follow krustlet-wasi's flags (``--node-ip``, ``--bootstrap-file``, ...). The config
+file is YAML (or JSON) with the flag names as keys, e.g. ``node-ip: 127.0.0.2``; it is
+``<data-dir>/config/config.yaml`` unless ``--config`` names another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import re
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wasmlet import __version__, paths
+
+
+class ConfigError(Exception):
+    """Configuration that cannot be used; the message names the setting and the cause."""
+
+
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+_DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node_name: str
+    hostname: str
+    node_ip: str
+    addr: str
+    port: int
+    data_dir: Path
+    bootstrap_file: Path
+    kubeconfig: Path
+    cert_file: Path
+    private_key_file: Path
+    max_pods: int
+    node_labels: dict[str, str] = field(default_factory=dict)
+    insecure_registries: frozenset[str] = frozenset()
+    allow_local_modules: bool = False
+
+    @property
+    def config_dir(self) -> Path:
+        return self.data_dir / "config"
+
+
+# name, type, help. Types: str, int, path, bool, labels, list.
+_OPTIONS: list[tuple[str, str, str]] = [
+    ("node-name", "str", "name of the Node object (default: lowercased hostname)"),
+    ("hostname", "str", "hostname reported for the node and put in its serving certificate"),
+    ("node-ip", "str", "IP address the node reports and serves the kubelet API on (default: the host's)"),
+    ("addr", "str", "address the kubelet API listens on (default: the node IP)"),
+    ("port", "int", "port of the kubelet API (default: 10250)"),
+    ("data-dir", "path", "where wasmlet keeps its state (default: ~/.wasmlet or $WASMLET_HOME)"),
+    ("bootstrap-file", "path", "bootstrap kubeconfig (default: <data-dir>/config/bootstrap.conf)"),
+    (
+        "kubeconfig",
+        "path",
+        "the node's kubeconfig, written by TLS bootstrap (default: <data-dir>/config/kubeconfig)",
+    ),
+    ("cert-file", "path", "serving certificate (default: <data-dir>/config/wasmlet.crt)"),
+    ("private-key-file", "path", "serving key (default: <data-dir>/config/wasmlet.key)"),
+    ("max-pods", "int", "pods this node accepts (default: 110)"),
+    ("node-labels", "labels", "extra labels, key=value[,key=value...]"),
+    ("insecure-registries", "list", "registries (host[:port]) reached over plain HTTP, comma-separated"),
+    ("allow-local-modules", "bool", "allow fs/<path> module references (default: false)"),
+]
+
+
+def _env_name(option: str) -> str:
+    return "WASMLET_" + option.upper().replace("-", "_")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wasmlet",
+        description="A kubelet for WebAssembly: runs wasm32-wasi pods on wasmtime.",
+        epilog="Every flag can also be set as WASMLET_<FLAG> (e.g. WASMLET_NODE_IP) or in the config file.",
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("--version", action="version", version=f"wasmlet {__version__}")
+    parser.add_argument("--config", help="config file (default: <data-dir>/config/config.yaml if it exists)")
+    for name, kind, text in _OPTIONS:
+        if kind == "bool":
+            parser.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, help=text)
+        else:
+            parser.add_argument(f"--{name}", help=text)
+    return parser
+
+
+def _as_bool(option: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off", ""}:
+        return False
+    raise ConfigError(f"--{option}: {value!r} is not a boolean (use true or false)")
+
+
+def _as_int(option: str, value: object, low: int, high: int) -> int:
+    try:
+        number = int(str(value))
+    except ValueError:
+        raise ConfigError(f"--{option}: {value!r} is not an integer") from None
+    if not low <= number <= high:
+        raise ConfigError(f"--{option}: {number} is out of range {low}..{high}")
+    return number
+
+
+def _as_labels(option: str, value: object) -> dict[str, str]:
+    if isinstance(value, Mapping):
+        items = [(str(k), str(v)) for k, v in value.items()]
+    else:
+        items = []
+        for part in str(value).split(","):
+            if not part.strip():
+                continue
+            key, sep, val = part.strip().partition("=")
+            if not sep:
+                raise ConfigError(f"--{option}: {part.strip()!r} is not key=value")
+            items.append((key, val))
+    for key, val in items:
+        if len(key.rsplit("/", 1)[-1]) > 63 or not _LABEL_KEY.match(key):
+            raise ConfigError(f"--{option}: {key!r} is not a valid label key")
+        if len(val) > 63 or not _LABEL_VALUE.match(val):
+            raise ConfigError(f"--{option}: value {val!r} of label {key!r} is not a valid label value")
+    return dict(items)
+
+
+def _as_list(value: object) -> frozenset[str]:
+    if isinstance(value, list | tuple):
+        return frozenset(str(v).strip() for v in value if str(v).strip())
+    return frozenset(v.strip() for v in str(value).split(",") if v.strip())
+
+
+def default_node_ip(hostname: str) -> str:
+    """The host's primary address: what its hostname resolves to, skipping loopback when possible."""
+    try:
+        infos = socket.getaddrinfo(hostname, None, socket.AF_INET)
+    except OSError:
+        return "127.0.0.1"
+    addresses = [str(info[4][0]) for info in infos]
+    public = [a for a in addresses if not ipaddress.ip_address(a).is_loopback]
+    return (public or addresses or ["127.0.0.1"])[0]
+
+
+def _load_file(path: Path, explicit: bool) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"--config: {path} does not exist") from None
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"--config: cannot read {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config: {path} is not valid YAML/JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config: {path} must hold a mapping of flag names to values")
+    known = {name for name, _, _ in _OPTIONS}
+    unknown = sorted(set(map(str, data)) - known)
+    if unknown:
+        raise ConfigError(f"--config: {path} has unknown settings: {', '.join(unknown)}")
+    return {str(k): v for k, v in data.items()}
+
+
+def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> NodeConfig:
+    """Parse flags; argparse exits on bad flags (one line, exit 2); other problems raise ConfigError."""
+    env = os.environ if environ is None else environ
+    args = vars(_parser().parse_args(argv))
+    flags = {k.replace("_", "-"): v for k, v in args.items()}
+    from_env = {name: env[_env_name(name)] for name, _, _ in _OPTIONS if _env_name(name) in env}
+
+    def early(name: str) -> object | None:
+        return flags.get(name, from_env.get(name))
+
+    data_dir_early = early("data-dir")
+    data_dir = Path(str(data_dir_early)).expanduser() if data_dir_early is not None else paths.home()
+    config_arg = flags.get("config", env.get("WASMLET_CONFIG"))
+    config_path = Path(str(config_arg)).expanduser() if config_arg else data_dir / "config" / "config.yaml"
+    merged: dict[str, Any] = {**_load_file(config_path, explicit=bool(config_arg)), **from_env, **flags}
+    merged.pop("config", None)
+
+    if "data-dir" in merged:
+        data_dir = Path(str(merged["data-dir"])).expanduser()
+    config_dir = data_dir / "config"
+    hostname = str(merged.get("hostname") or socket.gethostname())
+    node_name = str(merged.get("node-name") or hostname.lower())
+    if len(node_name) > 253 or not _DNS1123.match(node_name):
+        raise ConfigError(f"--node-name: {node_name!r} is not a valid node name (lowercase DNS-1123)")
+    node_ip = str(merged.get("node-ip") or default_node_ip(hostname))
+    try:
+        ipaddress.ip_address(node_ip)
+    except ValueError:
+        raise ConfigError(f"--node-ip: {node_ip!r} is not an IP address") from None
+
+    def path(name: str, default: Path) -> Path:
+        value = merged.get(name)
+        return Path(str(value)).expanduser() if value else default
+
+    return NodeConfig(
+        node_name=node_name,
+        hostname=hostname,
+        node_ip=node_ip,
+        addr=str(merged.get("addr") or node_ip),
+        port=_as_int("port", merged.get("port", 10250), 1, 65535),
+        data_dir=data_dir,
+        bootstrap_file=path("bootstrap-file", config_dir / "bootstrap.conf"),
+        kubeconfig=path("kubeconfig", config_dir / "kubeconfig"),
+        cert_file=path("cert-file", config_dir / "wasmlet.crt"),
+        private_key_file=path("private-key-file", config_dir / "wasmlet.key"),
+        max_pods=_as_int("max-pods", merged.get("max-pods", 110), 1, 100000),
+        node_labels=_as_labels("node-labels", merged.get("node-labels", "")),
+        insecure_registries=_as_list(merged.get("insecure-registries", "")),
+        allow_local_modules=_as_bool("allow-local-modules", merged.get("allow-local-modules", False)),
+    )

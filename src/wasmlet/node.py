@@ -1,0 +1,246 @@
+"""The Node object and its Lease: what makes the cluster see a Ready wasm node.
+
+Labels and taints follow Krustlet's (``kubernetes.io/arch=wasm32-wasi`` NoSchedule and
+NoExecute, so only pods that tolerate them land here), and are refreshed on every start
+(Krustlet left stale ones). Capacity comes from the real host and ``--max-pods``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import platform
+import threading
+from pathlib import Path
+from typing import Any
+
+import wasmtime
+
+from wasmlet import __version__
+from wasmlet.config import NodeConfig
+from wasmlet.kubeapi import ApiError, Client
+
+log = logging.getLogger(__name__)
+
+ARCH = "wasm32-wasi"
+LEASE_DURATION = 40
+LEASE_RENEW_INTERVAL = 10.0
+STATUS_INTERVAL = 60.0
+
+WASM_TAINTS = [
+    {"key": "kubernetes.io/arch", "value": ARCH, "effect": "NoSchedule"},
+    {"key": "kubernetes.io/arch", "value": ARCH, "effect": "NoExecute"},
+]
+
+
+def wasmtime_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("wasmtime")
+    except Exception:  # pragma: no cover - metadata missing only in odd installs
+        return getattr(wasmtime, "__version__", "unknown")
+
+
+def labels(config: NodeConfig) -> dict[str, str]:
+    return {
+        "kubernetes.io/arch": ARCH,
+        "beta.kubernetes.io/arch": ARCH,
+        "kubernetes.io/os": ARCH,
+        "beta.kubernetes.io/os": ARCH,
+        "kubernetes.io/hostname": config.hostname.lower(),
+        "type": "wasmlet",
+        **config.node_labels,
+    }
+
+
+def _meminfo_kib() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1])
+    return 0
+
+
+def capacity(config: NodeConfig) -> dict[str, str]:
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    fs = os.statvfs(config.data_dir)
+    return {
+        "cpu": str(os.cpu_count() or 1),
+        "memory": f"{_meminfo_kib()}Ki",
+        "ephemeral-storage": f"{fs.f_blocks * fs.f_frsize // 1024}Ki",
+        "pods": str(config.max_pods),
+    }
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
+
+
+def node_info() -> dict[str, str]:
+    uname = platform.uname()
+    os_release = {}
+    for line in _read("/etc/os-release").splitlines():
+        key, _sep, value = line.partition("=")
+        os_release[key] = value.strip('"')
+    return {
+        "machineID": _read("/etc/machine-id"),
+        "systemUUID": _read("/sys/class/dmi/id/product_uuid") or _read("/etc/machine-id"),
+        "bootID": _read("/proc/sys/kernel/random/boot_id"),
+        "kernelVersion": uname.release,
+        "osImage": os_release.get("PRETTY_NAME", uname.system),
+        "containerRuntimeVersion": f"wasmtime://{wasmtime_version()}",
+        "kubeletVersion": __version__,
+        "kubeProxyVersion": "",
+        "operatingSystem": "linux",
+        "architecture": ARCH,
+    }
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _micro_now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def conditions(ready: bool = True, message: str = "wasmlet is posting ready status") -> list[dict[str, str]]:
+    now = _now()
+
+    def cond(kind: str, status: str, reason: str, text: str) -> dict[str, str]:
+        return {
+            "type": kind,
+            "status": status,
+            "reason": reason,
+            "message": text,
+            "lastHeartbeatTime": now,
+            "lastTransitionTime": now,
+        }
+
+    return [
+        cond(
+            "MemoryPressure", "False", "KubeletHasSufficientMemory", "wasmlet has sufficient memory available"
+        ),
+        cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "wasmlet has no disk pressure"),
+        cond("PIDPressure", "False", "KubeletHasSufficientPID", "wasmlet has sufficient PID available"),
+        cond("Ready", "True" if ready else "False", "KubeletReady" if ready else "KubeletNotReady", message),
+    ]
+
+
+def node_status(config: NodeConfig) -> dict[str, Any]:
+    cap = capacity(config)
+    return {
+        "capacity": cap,
+        "allocatable": cap,
+        "conditions": conditions(),
+        "addresses": [
+            {"type": "InternalIP", "address": config.node_ip},
+            {"type": "Hostname", "address": config.hostname.lower()},
+        ],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": config.port}},
+        "nodeInfo": node_info(),
+    }
+
+
+def node_object(config: NodeConfig) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": config.node_name, "labels": labels(config)},
+        "spec": {"taints": WASM_TAINTS},
+    }
+
+
+def _has_wasm_taints(node: dict[str, Any]) -> bool:
+    have = {(t.get("key"), t.get("value"), t.get("effect")) for t in node["spec"].get("taints") or []}
+    return {(t["key"], t["value"], t["effect"]) for t in WASM_TAINTS} <= have
+
+
+class NodeAgent:
+    """Registers the Node, keeps its status and Lease fresh."""
+
+    def __init__(self, config: NodeConfig, client: Client) -> None:
+        self.config = config
+        self.client = client
+        self.path = f"/api/v1/nodes/{config.node_name}"
+        self.uid = ""
+
+    def register(self) -> None:
+        """Create the Node, or bring an existing one's labels and taints up to date."""
+        desired = node_object(self.config)
+        try:
+            created = self.client.post("/api/v1/nodes", desired)
+            self.uid = created["metadata"]["uid"]
+            log.info("registered node %s", self.config.node_name)
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+            current = self.client.get(self.path)
+            self.uid = current["metadata"]["uid"]
+            self._refresh(current, desired)
+        self.report_status()
+
+    def _refresh(self, current: dict[str, Any], desired: dict[str, Any]) -> None:
+        ours = set(labels(self.config))
+        kept = {k: v for k, v in (current["metadata"].get("labels") or {}).items() if k not in ours}
+        current["metadata"]["labels"] = {**kept, **desired["metadata"]["labels"]}
+        # NodeRestriction forbids a node to change (even reorder) its own taints, and to delete
+        # itself: send the taints back untouched and say how an admin fixes wrong ones.
+        if not _has_wasm_taints(current):
+            node = self.config.node_name
+            log.warning(
+                "node %s lacks the taints %s, so pods that do not tolerate wasm may be scheduled here; "
+                "a node may not change its own taints. Fix: kubectl taint nodes %s "
+                "kubernetes.io/arch=%s:NoSchedule kubernetes.io/arch=%s:NoExecute",
+                node,
+                WASM_TAINTS,
+                node,
+                ARCH,
+                ARCH,
+            )
+        self.client.put(self.path, current)
+        log.info("node %s already registered; labels refreshed", self.config.node_name)
+
+    def report_status(self) -> None:
+        self.client.patch(f"{self.path}/status", {"status": node_status(self.config)}, "strategic-merge")
+
+    def renew_lease(self) -> None:
+        name = self.config.node_name
+        path = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{name}"
+        spec = {"holderIdentity": name, "leaseDurationSeconds": LEASE_DURATION, "renewTime": _micro_now()}
+        try:
+            self.client.patch(path, {"spec": spec})
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            owner = {"apiVersion": "v1", "kind": "Node", "name": name, "uid": self.uid}
+            self.client.post(
+                "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+                {
+                    "apiVersion": "coordination.k8s.io/v1",
+                    "kind": "Lease",
+                    "metadata": {"name": name, "namespace": "kube-node-lease", "ownerReferences": [owner]},
+                    "spec": spec,
+                },
+            )
+
+    def run(self, stop: threading.Event) -> None:
+        """Renew the Lease every 10 s and the status every minute, until ``stop``."""
+        last_status = 0.0
+        elapsed = 0.0
+        while not stop.is_set():
+            try:
+                self.renew_lease()
+                if elapsed - last_status >= STATUS_INTERVAL:
+                    self.report_status()
+                    last_status = elapsed
+            except (ApiError, OSError) as exc:
+                log.warning("node %s: heartbeat failed: %s", self.config.node_name, exc)
+            except Exception as exc:  # httpx transport errors; keep heartbeating
+                log.warning("node %s: heartbeat failed: %s", self.config.node_name, exc)
+            stop.wait(LEASE_RENEW_INTERVAL)
+            elapsed += LEASE_RENEW_INTERVAL

@@ -1,0 +1,604 @@
+"""The pod controller: pods bound to this node → modules on wasmtime → pod status.
+
+One watch (``spec.nodeName=<node>``, resumed from its resourceVersion, relisted on 410
+Gone) feeds a keyed work queue; a few workers reconcile one pod at a time. Nothing polls:
+a running module reports its exit through a callback that re-queues its pod, and back-offs
+are timers in the queue, so an idle pod costs no CPU.
+
+Each container moves through explicit states, as in Krustlet's kubelet crate:
+waiting (ContainerCreating, ErrImagePull, ImagePullBackOff, CrashLoopBackOff,
+CreateContainerConfigError) → running → terminated (the module's exit code, Completed or
+Error, the trap message), then restarts per restartPolicy with a 10 s back-off doubling to
+5 min. Deleting a pod stops its modules within the grace period, then removes the object.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wasmlet import logs, oci, podspec
+from wasmlet.config import NodeConfig
+from wasmlet.kubeapi import ApiError, Client
+from wasmlet.runtime import Execution, ExitStatus, ModuleError, RunSpec, Runtime
+from wasmlet.server import NotFound
+from wasmlet.workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
+
+BACKOFF_START = 10.0
+BACKOFF_MAX = 300.0
+BACKOFF_RESET_AFTER = 600.0
+WORKERS = 4
+UNSUPPORTED_CONTAINER_FIELDS = ("envFrom", "livenessProbe", "readinessProbe", "startupProbe")
+# The ServiceAccount admission plugin adds this projected token volume to every pod. Mounting
+# it is volume support, not here yet: such a mount is skipped rather than refused.
+SERVICE_ACCOUNT_VOLUME_PREFIX = "kube-api-access-"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _stamp(when: dt.datetime) -> str:
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def pod_key(pod: dict[str, Any]) -> str:
+    return f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+
+
+@dataclass
+class ContainerRun:
+    """One container of a pod on this node."""
+
+    name: str
+    image: str
+    restart_count: int = 0
+    state: dict[str, Any] = field(default_factory=lambda: {"waiting": {"reason": "ContainerCreating"}})
+    last_state: dict[str, Any] = field(default_factory=dict)
+    execution: Execution | None = None
+    writer: logs.ContainerLogWriter | None = None
+    image_id: str = ""
+    backoff: float = 0.0
+    not_before: float = 0.0  # monotonic time before which it may not start again
+    ever_started: bool = False
+    exit: ExitStatus | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.execution is not None and self.execution.running
+
+
+@dataclass
+class PodRun:
+    pod: dict[str, Any]
+    containers: dict[str, ContainerRun]
+    start_time: str = field(default_factory=_now)
+    deleted: bool = False
+    killing: bool = False
+    finished: bool = False
+    last_status: dict[str, Any] | None = None
+
+    @property
+    def uid(self) -> str:
+        return str(self.pod["metadata"]["uid"])
+
+
+def _should_restart(policy: str, exit_code: int) -> bool:
+    return policy == "Always" or (policy == "OnFailure" and exit_code != 0)
+
+
+class PodController:
+    def __init__(self, config: NodeConfig, client: Client, runtime: Runtime) -> None:
+        self.config = config
+        self.client = client
+        self.runtime = runtime
+        self.store = oci.ModuleStore(config.data_dir / ".oci" / "modules")
+        self.log_root = config.data_dir / "logs"
+        self.queue = WorkQueue()
+        self.runs: dict[str, PodRun] = {}
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+
+    # -- the LogSource the kubelet API serves from -------------------------------------
+    def _run_of(self, namespace: str, pod: str, container: str) -> tuple[PodRun, ContainerRun]:
+        with self.lock:
+            run = self.runs.get(f"{namespace}/{pod}")
+        if run is None:
+            raise NotFound(f'pod "{pod}" in namespace "{namespace}" is not running on this node')
+        crun = run.containers.get(container)
+        if crun is None:
+            raise NotFound(f'container "{container}" is not in pod "{pod}"')
+        return run, crun
+
+    def container_log(self, namespace: str, pod: str, container: str, previous: bool) -> Path:
+        run, crun = self._run_of(namespace, pod, container)
+        if previous:  # ValueError (HTTP 400) when it never restarted, as the kubelet answers
+            return logs.previous_log_path(
+                self.log_root, namespace, pod, run.uid, container, crun.restart_count
+            )
+        path = logs.log_path(self.log_root, namespace, pod, run.uid, container, crun.restart_count)
+        if not path.exists() and "waiting" in crun.state:
+            reason = crun.state["waiting"].get("reason", "ContainerCreating")
+            raise ValueError(f'container "{container}" in pod "{pod}" is waiting to start: {reason}')
+        return path
+
+    def container_finished(self, namespace: str, pod: str, container: str) -> bool:
+        try:
+            return not self._run_of(namespace, pod, container)[1].running
+        except NotFound:
+            return True
+
+    def pods(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [run.pod for run in self.runs.values()]
+
+    # -- watching ----------------------------------------------------------------------
+    def start(self) -> None:
+        for i in range(WORKERS):
+            threading.Thread(target=self._work, name=f"pod-worker-{i}", daemon=True).start()
+        threading.Thread(target=self._watch, name=f"pod-watch:{self.config.node_name}", daemon=True).start()
+
+    def shutdown(self, grace: float = 5.0) -> None:
+        self.stop.set()
+        self.queue.close()
+        with self.lock:
+            runs = list(self.runs.values())
+        for run in runs:
+            for crun in run.containers.values():
+                if crun.execution is not None:
+                    crun.execution.stop(grace)
+
+    def _list(self) -> str:
+        params = {"fieldSelector": f"spec.nodeName={self.config.node_name}"}
+        listing = self.client.get("/api/v1/pods", params)
+        seen = set()
+        for pod in listing.get("items") or []:
+            self._observe(pod)
+            seen.add(pod_key(pod))
+        with self.lock:
+            gone = [key for key in self.runs if key not in seen]
+        for key in gone:
+            self._forget_deleted(key)
+        return str(listing["metadata"]["resourceVersion"])
+
+    def _watch(self) -> None:
+        params = {"fieldSelector": f"spec.nodeName={self.config.node_name}"}
+        version = ""
+        delay = 1.0
+        while not self.stop.is_set():
+            try:
+                if not version:
+                    version = self._list()
+                for event in self.client.watch("/api/v1/pods", params, version):
+                    obj = event["object"]
+                    version = obj.get("metadata", {}).get("resourceVersion", version)
+                    if event["type"] in {"ADDED", "MODIFIED"}:
+                        self._observe(obj)
+                    elif event["type"] == "DELETED":
+                        self._forget_deleted(pod_key(obj))
+                    if self.stop.is_set():
+                        return
+                delay = 1.0
+            except ApiError as exc:
+                if exc.status == 410:
+                    log.info("pod watch expired (410 Gone); relisting")
+                    version = ""
+                    continue
+                log.warning("pod watch failed: %s; retrying in %.0fs", exc, delay)
+                self.stop.wait(delay)
+                delay = min(delay * 2, 30.0)
+            except Exception as exc:  # transport errors: apiserver down, connection reset
+                log.warning("pod watch interrupted: %s; retrying in %.0fs", exc, delay)
+                self.stop.wait(delay)
+                delay = min(delay * 2, 30.0)
+
+    def _observe(self, pod: dict[str, Any]) -> None:
+        key = pod_key(pod)
+        with self.lock:
+            run = self.runs.get(key)
+            if run is not None and run.uid != pod["metadata"]["uid"]:
+                run.deleted = True  # a new pod of the same name: the old one is gone
+                self.queue.add(key)
+            if run is None or run.deleted:
+                run = self._adopt(pod)
+                self.runs[key] = run
+            else:
+                run.pod = pod
+        self.queue.add(key)
+
+    def _adopt(self, pod: dict[str, Any]) -> PodRun:
+        """State for a pod seen for the first time; restart counts continue from its status."""
+        statuses = {s["name"]: s for s in (pod.get("status") or {}).get("containerStatuses") or []}
+        containers = {}
+        for spec in pod["spec"].get("containers") or []:
+            previous = statuses.get(spec["name"], {})
+            crun = ContainerRun(spec["name"], spec.get("image", ""))
+            if previous:
+                ran = "running" in previous.get("state", {}) or "terminated" in previous.get("state", {})
+                crun.restart_count = int(previous.get("restartCount", 0)) + (1 if ran else 0)
+                crun.last_state = previous.get("state", {}) if ran else previous.get("lastState", {})
+                if "terminated" in previous.get("state", {}):
+                    crun.state = previous["state"]
+                    crun.exit = _recorded_exit(previous["state"]["terminated"])
+                crun.ever_started = ran
+            containers[spec["name"]] = crun
+        run = PodRun(pod, containers)
+        start = (pod.get("status") or {}).get("startTime")
+        if start:
+            run.start_time = start
+        if (pod.get("status") or {}).get("phase") in {"Succeeded", "Failed"}:
+            run.finished = True
+        return run
+
+    def _forget_deleted(self, key: str) -> None:
+        with self.lock:
+            run = self.runs.get(key)
+            if run is not None:
+                run.deleted = True
+        self.queue.add(key)
+
+    # -- reconciling -------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            key = self.queue.get()
+            if key is None:
+                return
+            try:
+                self._sync(key)
+            except Exception:
+                log.exception("pod %s: sync failed; retrying in 5s", key)
+                self.queue.add_after(key, 5.0)
+            finally:
+                self.queue.done(key)
+
+    def _sync(self, key: str) -> None:
+        with self.lock:
+            run = self.runs.get(key)
+        if run is None:
+            return
+        if run.deleted:
+            self._stop_all(run, grace=0.0)
+            if not any(c.running for c in run.containers.values()):
+                self._close_writers(run)
+                with self.lock:
+                    if self.runs.get(key) is run:
+                        del self.runs[key]
+                log.info("pod %s: removed from the node", key)
+            return
+        if run.pod["metadata"].get("deletionTimestamp"):
+            self._terminate(key, run)
+            return
+        if not run.finished:
+            for spec in run.pod["spec"].get("containers") or []:
+                self._sync_container(key, run, spec)
+        self._report(key, run)
+
+    def _sync_container(self, key: str, run: PodRun, spec: dict[str, Any]) -> None:
+        crun = run.containers[spec["name"]]
+        if crun.running:
+            return
+        policy = run.pod["spec"].get("restartPolicy", "Always")
+        if crun.exit is not None and not _should_restart(policy, crun.exit.exit_code):
+            return
+        wait = crun.not_before - time.monotonic()
+        if wait > 0:
+            self.queue.add_after(key, wait)
+            return
+        problem = _unsupported(spec)
+        if problem:
+            crun.state = {"waiting": {"reason": "CreateContainerConfigError", "message": problem}}
+            return
+        module = self._pull(key, run, crun, spec)
+        if module is None:
+            return
+        self._start(key, run, crun, spec, module)
+
+    def _pull_auth(self, run: PodRun) -> oci.Keyring:
+        configs = []
+        namespace = run.pod["metadata"]["namespace"]
+        for ref in run.pod["spec"].get("imagePullSecrets") or []:
+            try:
+                secret = self.client.get(f"/api/v1/namespaces/{namespace}/secrets/{ref['name']}")
+            except ApiError as exc:
+                log.warning("pod %s: imagePullSecret %s: %s", pod_key(run.pod), ref.get("name"), exc)
+                continue
+            data = (secret.get("data") or {}).get(".dockerconfigjson")
+            if data:
+                configs.append(json.loads(base64.b64decode(data)))
+        return oci.Keyring.from_dockerconfigs(configs)
+
+    def _pull(self, key: str, run: PodRun, crun: ContainerRun, spec: dict[str, Any]) -> Path | None:
+        image = spec.get("image", "")
+        try:
+            policy = spec.get("imagePullPolicy") or oci.default_pull_policy(oci.parse_reference(image))
+            if not self.store.has(image) or policy == "Always":
+                self._event(run, "Normal", "Pulling", f'Pulling image "{image}"')
+            pulled = self.store.ensure(
+                image, policy, self._pull_auth(run), insecure_registries=self.config.insecure_registries
+            )
+            if pulled.pulled:
+                self._event(
+                    run, "Normal", "Pulled", f'Successfully pulled image "{image}" ({pulled.size} bytes)'
+                )
+            crun.image_id = pulled.digest
+            return self.runtime.precompile(pulled.path)
+        except (oci.PullError, ModuleError) as exc:
+            reason = getattr(exc, "reason", "ErrImagePull")
+            previous = crun.state.get("waiting", {}).get("reason")
+            if previous in {"ErrImagePull", "ImagePullBackOff"}:
+                reason = "ImagePullBackOff" if isinstance(exc, oci.PullError) else reason
+            message = f'Failed to pull image "{image}": {exc}'
+            crun.state = {"waiting": {"reason": reason, "message": message}}
+            self._event(run, "Warning", "Failed", message)
+            if reason == "ImagePullBackOff":
+                self._event(run, "Normal", "BackOff", f'Back-off pulling image "{image}"')
+            self._back_off(key, crun)
+            return None
+
+    def _back_off(self, key: str, crun: ContainerRun) -> None:
+        crun.backoff = BACKOFF_START if crun.backoff == 0 else min(crun.backoff * 2, BACKOFF_MAX)
+        crun.not_before = time.monotonic() + crun.backoff
+        self.queue.add_after(key, crun.backoff)
+
+    def _start(self, key: str, run: PodRun, crun: ContainerRun, spec: dict[str, Any], module: Path) -> None:
+        namespace, name = run.pod["metadata"]["namespace"], run.pod["metadata"]["name"]
+        if crun.ever_started and crun.exit is not None:
+            crun.restart_count += 1
+            crun.last_state = crun.state
+        if crun.writer is not None:
+            crun.writer.close()
+        writer = logs.ContainerLogWriter(
+            logs.log_path(self.log_root, namespace, name, run.uid, crun.name, crun.restart_count)
+        )
+        env = podspec.environment(spec)
+        run_spec = RunSpec(
+            module=module,
+            argv=podspec.argv(spec, env),
+            env=env,
+            stdout=writer.stdout,
+            stderr=writer.stderr,
+            name=f"{key}/{crun.name}",
+        )
+        crun.writer = writer
+        crun.exit = None
+        crun.execution = self.runtime.start(run_spec, lambda status: self._exited(key, run, crun, status))
+        crun.ever_started = True
+        crun.state = {"running": {"startedAt": _now()}}
+        self._event(run, "Normal", "Created", f"Created container {crun.name}")
+        self._event(run, "Normal", "Started", f"Started container {crun.name}")
+
+    def _exited(self, key: str, run: PodRun, crun: ContainerRun, status: ExitStatus) -> None:
+        crun.exit = status
+        if crun.writer is not None:
+            crun.writer.close()
+        terminated = {
+            "exitCode": status.exit_code,
+            "reason": status.reason if status.reason != "Killed" else "Error",
+            "startedAt": _stamp(status.started_at),
+            "finishedAt": _stamp(status.finished_at),
+            "containerID": f"wasmlet://{run.uid}/{crun.name}",
+        }
+        if status.message:
+            terminated["message"] = status.message
+        crun.state = {"terminated": terminated}
+        ran_for = (status.finished_at - status.started_at).total_seconds()
+        if ran_for > BACKOFF_RESET_AFTER:
+            crun.backoff = 0.0
+        policy = run.pod["spec"].get("restartPolicy", "Always")
+        if not run.killing and _should_restart(policy, status.exit_code):
+            self._back_off(key, crun)
+            crun.last_state = crun.state
+            crun.state = {
+                "waiting": {
+                    "reason": "CrashLoopBackOff",
+                    "message": f"back-off {crun.backoff:.0f}s restarting failed container="
+                    f"{crun.name} pod={run.pod['metadata']['name']}",
+                }
+            }
+            if status.exit_code != 0:
+                self._event(run, "Warning", "BackOff", f"Back-off restarting failed container {crun.name}")
+        self.queue.add(key)
+
+    def _terminate(self, key: str, run: PodRun) -> None:
+        meta = run.pod["metadata"]
+        grace = float(
+            meta.get("deletionGracePeriodSeconds", run.pod["spec"].get("terminationGracePeriodSeconds", 30))
+        )
+        if not run.killing:
+            run.killing = True
+            for crun in run.containers.values():
+                if crun.running:
+                    self._event(run, "Normal", "Killing", f"Stopping container {crun.name}")
+        self._stop_all(run, grace)
+        if any(c.running for c in run.containers.values()):
+            return  # each exit re-queues the pod
+        self._close_writers(run)
+        try:
+            self.client.request(
+                "DELETE",
+                f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
+                {
+                    "apiVersion": "v1",
+                    "kind": "DeleteOptions",
+                    "gracePeriodSeconds": 0,
+                    "preconditions": {"uid": meta["uid"]},
+                },
+            )
+        except ApiError as exc:
+            if exc.status not in {404, 409}:
+                raise
+        log.info("pod %s: stopped and deleted", key)
+
+    def _stop_all(self, run: PodRun, grace: float) -> None:
+        for crun in run.containers.values():
+            if crun.execution is not None and crun.running:
+                crun.execution.stop(grace)
+
+    def _close_writers(self, run: PodRun) -> None:
+        for crun in run.containers.values():
+            if crun.writer is not None:
+                crun.writer.close()
+
+    # -- reporting ---------------------------------------------------------------------
+    def _report(self, key: str, run: PodRun) -> None:
+        status = pod_status(run, self.config.node_ip)
+        if status == run.last_status:
+            return
+        meta = run.pod["metadata"]
+        try:
+            self.client.patch(
+                f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status",
+                {"metadata": {"uid": meta["uid"]}, "status": status},
+                "merge",
+            )
+            run.last_status = status
+            if status["phase"] in {"Succeeded", "Failed"}:
+                run.finished = True
+        except ApiError as exc:
+            if exc.status == 404:
+                return
+            raise
+
+    def _event(self, run: PodRun, kind: str, reason: str, message: str) -> None:
+        meta = run.pod["metadata"]
+        now = _now()
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "reason": reason,
+            "message": message,
+            "type": kind,
+            "source": {"component": "wasmlet", "host": self.config.node_name},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "reportingComponent": "wasmlet",
+            "reportingInstance": self.config.node_name,
+        }
+        try:
+            self.client.post(f"/api/v1/namespaces/{meta['namespace']}/events", event)
+        except ApiError as exc:
+            log.warning("pod %s: cannot record event %s: %s", pod_key(run.pod), reason, exc)
+
+
+def _recorded_exit(terminated: dict[str, Any]) -> ExitStatus:
+    def parse(text: str | None) -> dt.datetime:
+        if not text:
+            return dt.datetime.now(dt.UTC)
+        return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+    return ExitStatus(
+        int(terminated.get("exitCode", 0)),
+        str(terminated.get("reason", "")),
+        str(terminated.get("message", "")),
+        parse(terminated.get("startedAt")),
+        parse(terminated.get("finishedAt")),
+    )
+
+
+def _unsupported(spec: dict[str, Any]) -> str:
+    for name in UNSUPPORTED_CONTAINER_FIELDS:
+        if spec.get(name):
+            return f"{name} is not supported by wasmlet yet (container {spec['name']})"
+    for mount in spec.get("volumeMounts") or []:
+        if not str(mount.get("name", "")).startswith(SERVICE_ACCOUNT_VOLUME_PREFIX):
+            return (
+                f"volumeMount {mount.get('name')}: volumes are not supported by wasmlet yet "
+                f"(container {spec['name']})"
+            )
+    for item in spec.get("env") or []:
+        if "valueFrom" in item:
+            name = item.get("name")
+            return f"env {name}: valueFrom is not supported by wasmlet yet (container {spec['name']})"
+    return ""
+
+
+def pod_status(run: PodRun, node_ip: str) -> dict[str, Any]:
+    """The pod status a kubelet would report for ``run`` (phase, conditions, container states)."""
+    policy = run.pod["spec"].get("restartPolicy", "Always")
+    statuses = []
+    running = waiting = succeeded = failed = 0
+    for spec in run.pod["spec"].get("containers") or []:
+        crun = run.containers[spec["name"]]
+        state = crun.state
+        if "running" in state:
+            running += 1
+        elif "waiting" in state:
+            waiting += 1
+        elif "terminated" in state:
+            if state["terminated"].get("exitCode", 1) == 0:
+                succeeded += 1
+            else:
+                failed += 1
+        statuses.append(
+            {
+                "name": crun.name,
+                "state": state,
+                "lastState": crun.last_state,
+                "ready": "running" in state,
+                "started": "running" in state,
+                "restartCount": crun.restart_count,
+                "image": crun.image,
+                "imageID": crun.image_id,
+                **({"containerID": f"wasmlet://{run.uid}/{crun.name}"} if crun.ever_started else {}),
+            }
+        )
+    total = len(statuses)
+    if running and not waiting and not (failed and policy == "Never"):
+        phase = "Running"
+    elif succeeded == total and total and policy != "Always":
+        phase = "Succeeded"
+    elif total and succeeded + failed == total and policy == "Never":
+        phase = "Failed" if failed else "Succeeded"
+    elif total and succeeded + failed == total and policy == "OnFailure" and not failed:
+        phase = "Succeeded"
+    elif running:
+        phase = "Running"
+    else:
+        phase = "Pending"
+    ready = total > 0 and running == total
+    now = _now()
+    before = {c["type"]: c for c in (run.last_status or {}).get("conditions", [])}
+
+    def condition(kind: str, ok: bool, reason: str = "") -> dict[str, Any]:
+        status = "True" if ok else "False"
+        old = before.get(kind)
+        since = old["lastTransitionTime"] if old and old["status"] == status else now
+        cond = {"type": kind, "status": status, "lastProbeTime": None, "lastTransitionTime": since}
+        if reason and not ok:
+            cond["reason"] = reason
+        return cond
+
+    return {
+        "phase": phase,
+        "conditions": [
+            condition("PodReadyToStartContainers", True),
+            condition("Initialized", True),
+            condition("Ready", ready, "ContainersNotReady"),
+            condition("ContainersReady", ready, "ContainersNotReady"),
+            condition("PodScheduled", True),
+        ],
+        "hostIP": node_ip,
+        "hostIPs": [{"ip": node_ip}],
+        "podIP": node_ip,
+        "podIPs": [{"ip": node_ip}],
+        "startTime": run.start_time,
+        "containerStatuses": statuses,
+    }

@@ -1,0 +1,215 @@
+"""Wasm pods on a real wasmlet node: pull from the real registry, run on wasmtime, report
+status and events, serve `kubectl logs` through the real apiserver, stop on delete."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import wasmtime
+from helpers import Cluster, Registry, delete_quietly, unique, wait_for
+from wasmlet_proc import WasmletNode
+
+from wasmlet import kubeconfig, oci
+from wasmlet.kubeapi import ApiError, Client
+
+pytestmark = pytest.mark.integration
+
+MODULES = Path(__file__).resolve().parents[1] / "modules"
+SEED_TOLERATIONS = [
+    {"key": "node.kubernetes.io/network-unavailable", "operator": "Exists", "effect": "NoSchedule"},
+    {"key": "kubernetes.io/arch", "operator": "Equal", "value": "wasm32-wasi", "effect": "NoExecute"},
+    {"key": "kubernetes.io/arch", "operator": "Equal", "value": "wasm32-wasi", "effect": "NoSchedule"},
+]
+
+
+def push_wat(registry: Registry, name: str, tmp_path: Path, media: str = "wasm-to-oci") -> str:
+    wasm = tmp_path / f"{name}.wasm"
+    wasm.write_bytes(wasmtime.wat2wasm((MODULES / f"{name}.wat").read_text()))
+    ref = f"{registry.host}/{unique(name)}:v1"
+    oci.push_module(ref, wasm, media_type=media, insecure_registries={registry.host})
+    return ref
+
+
+def pod_manifest(name: str, node: str, image: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": node},
+            "tolerations": SEED_TOLERATIONS,
+            "containers": [{"name": name.rsplit("-", 1)[0], "image": image, "imagePullPolicy": "Always"}],
+            **spec,
+        },
+    }
+
+
+class Pods:
+    def __init__(self, admin: Client, node: WasmletNode) -> None:
+        self.admin = admin
+        self.node = node
+        self.created: list[str] = []
+
+    def create(self, name: str, image: str, **spec: Any) -> str:
+        self.admin.post("/api/v1/namespaces/default/pods", pod_manifest(name, self.node.name, image, **spec))
+        self.created.append(name)
+        return name
+
+    def get(self, name: str) -> dict[str, Any]:
+        pod: dict[str, Any] = self.admin.get(f"/api/v1/namespaces/default/pods/{name}")
+        return pod
+
+    def container(self, name: str) -> dict[str, Any]:
+        statuses: list[dict[str, Any]] = self.get(name).get("status", {}).get("containerStatuses") or [{}]
+        return statuses[0]
+
+    def wait_state(
+        self, name: str, state: str, reason: str | None = None, timeout: float = 60
+    ) -> dict[str, Any]:
+        def probe() -> dict[str, Any] | None:
+            st = self.container(name).get("state", {}).get(state)
+            if st is not None and (reason is None or st.get("reason") == reason):
+                return dict(st)
+            return None
+
+        return wait_for(f"pod {name} to be {state} {reason or ''}", probe, timeout=timeout)
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.admin.get(
+            "/api/v1/namespaces/default/events", {"fieldSelector": f"involvedObject.name={name}"}
+        )["items"]
+        return items
+
+    def logs(self, name: str, **params: str) -> str:
+        resp = self.admin._http.get(f"/api/v1/namespaces/default/pods/{name}/log", params=params)
+        assert resp.status_code == 200, resp.text
+        return resp.text
+
+
+@pytest.fixture
+def pods(admin: Client, wasm_node: WasmletNode) -> Iterator[Pods]:
+    p = Pods(admin, wasm_node)
+    yield p
+    for name in p.created:
+        delete_quietly(admin, f"/api/v1/namespaces/default/pods/{name}?gracePeriodSeconds=0")
+
+
+def test_seed_story_hello_world_runs_and_kubectl_logs_shows_it(
+    pods: Pods, registry: Registry, tmp_path: Path, cluster: Cluster
+) -> None:
+    image = push_wat(registry, "hello_loop", tmp_path)
+    name = pods.create(unique("simpleserver"), image)
+    running = pods.wait_state(name, "running")
+    assert running["startedAt"]
+    pod = pods.get(name)
+    assert pod["status"]["phase"] == "Running"
+    assert pod["status"]["hostIP"] == "127.0.0.2"
+    assert pods.container(name)["ready"] is True
+    wait_for("two lines of output", lambda: pods.logs(name).count("Hello, World!\n") >= 2, timeout=15)
+    assert pods.logs(name, tailLines="1") == "Hello, World!\n"
+    stamped = pods.logs(name, timestamps="true", tailLines="1")
+    assert stamped.endswith(" Hello, World!\n")
+    assert stamped[:4].isdigit() and "T" in stamped.split(" ")[0]
+    # kubectl logs -f: a streaming request sees a new line arrive.
+    creds = kubeconfig.load(cluster.admin_kubeconfig)
+    with (
+        httpx.Client(base_url=creds.server, verify=creds.ssl_context(), timeout=15) as http,
+        http.stream(
+            "GET", f"/api/v1/namespaces/default/pods/{name}/log", params={"follow": "true", "tailLines": "0"}
+        ) as resp,
+    ):
+        assert resp.status_code == 200
+        start = time.monotonic()
+        for line in resp.iter_lines():
+            assert line == "Hello, World!"
+            break
+        assert time.monotonic() - start < 5
+    reasons = [e["reason"] for e in pods.events(name)]
+    for reason in ("Pulling", "Pulled", "Created", "Started"):
+        assert reason in reasons
+
+
+def test_module_exit_code_is_reported(pods: Pods, registry: Registry, tmp_path: Path) -> None:
+    image = push_wat(registry, "exit3", tmp_path)
+    name = pods.create(unique("exit3"), image, restartPolicy="Never")
+    terminated = pods.wait_state(name, "terminated")
+    assert terminated["exitCode"] == 3
+    assert terminated["reason"] == "Error"
+    wait_for("phase Failed", lambda: pods.get(name)["status"]["phase"] == "Failed")
+    assert pods.logs(name) == "giving up 3\n"
+
+
+def test_trapping_module_reports_error_with_the_trap(pods: Pods, registry: Registry, tmp_path: Path) -> None:
+    image = push_wat(registry, "trap", tmp_path, media="cncf")
+    name = pods.create(unique("trap"), image, restartPolicy="Never")
+    terminated = pods.wait_state(name, "terminated")
+    assert terminated["reason"] == "Error"
+    assert terminated["exitCode"] != 0
+    assert "unreachable" in terminated.get("message", "")
+
+
+def test_crashing_module_backs_off_and_restarts(pods: Pods, registry: Registry, tmp_path: Path) -> None:
+    image = push_wat(registry, "exit3", tmp_path)
+    name = pods.create(unique("crash"), image, restartPolicy="Always")
+    waiting = pods.wait_state(name, "waiting", "CrashLoopBackOff")
+    assert "back-off" in waiting["message"]
+    status = pods.container(name)
+    assert status["lastState"]["terminated"]["exitCode"] == 3
+    wait_for("a restart", lambda: pods.container(name).get("restartCount", 0) >= 1, timeout=30)
+    assert pods.logs(name, previous="true") == "giving up 3\n"
+
+
+def test_missing_tag_gives_err_image_pull_then_back_off(pods: Pods, registry: Registry) -> None:
+    image = f"{registry.host}/{unique('nothing')}:v9"
+    name = pods.create(unique("missing"), image)
+    waiting = pods.wait_state(name, "waiting", "ErrImagePull", timeout=30)
+    assert registry.host in waiting["message"]
+    back_off = pods.wait_state(name, "waiting", "ImagePullBackOff", timeout=40)
+    assert image in back_off["message"]
+    assert "Failed" in [e["reason"] for e in pods.events(name)]
+
+
+def test_deleting_a_spinning_module_finishes_within_the_grace_period(
+    pods: Pods, registry: Registry, tmp_path: Path, admin: Client
+) -> None:
+    image = push_wat(registry, "spin", tmp_path)
+    name = pods.create(unique("spin"), image, terminationGracePeriodSeconds=3)
+    pods.wait_state(name, "running")
+    start = time.monotonic()
+    admin.delete(f"/api/v1/namespaces/default/pods/{name}")
+
+    def gone() -> bool:
+        try:
+            pods.get(name)
+        except ApiError as exc:
+            return exc.status == 404
+        return False
+
+    wait_for(f"pod {name} to disappear", gone, timeout=15)
+    assert time.monotonic() - start < 3 + 2
+    assert "Killing" in [e["reason"] for e in pods.events(name)]
+
+
+def test_deleting_a_sleeping_module_finishes_within_the_grace_period(
+    pods: Pods, registry: Registry, tmp_path: Path, admin: Client
+) -> None:
+    image = push_wat(registry, "hello_loop", tmp_path)
+    name = pods.create(unique("sleeper"), image, terminationGracePeriodSeconds=2)
+    pods.wait_state(name, "running")
+    start = time.monotonic()
+    admin.delete(f"/api/v1/namespaces/default/pods/{name}")
+
+    def gone() -> bool:
+        try:
+            pods.get(name)
+        except ApiError as exc:
+            return exc.status == 404
+        return False
+
+    wait_for(f"pod {name} to disappear", gone, timeout=15)
+    assert time.monotonic() - start < 2 + 2

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wasmlet import config
+
+
+def load(argv: list[str], env: dict[str, str] | None = None, tmp: Path | None = None) -> config.NodeConfig:
+    base = ["--data-dir", str(tmp)] if tmp else []
+    return config.load([*base, *argv], env or {})
+
+
+def test_flags_beat_environment_beat_config_file(tmp_path: Path) -> None:
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text("node-ip: 127.0.0.5\nport: 10300\nmax-pods: 7\n")
+    cfg = load(["--port", "10301"], {"WASMLET_NODE_IP": "127.0.0.6"}, tmp_path)
+    assert cfg.port == 10301
+    assert cfg.node_ip == "127.0.0.6"
+    assert cfg.max_pods == 7
+
+
+def test_defaults_follow_the_data_dir(tmp_path: Path) -> None:
+    cfg = load(["--node-name", "n1", "--node-ip", "127.0.0.2"], tmp=tmp_path)
+    assert cfg.bootstrap_file == tmp_path / "config" / "bootstrap.conf"
+    assert cfg.kubeconfig == tmp_path / "config" / "kubeconfig"
+    assert cfg.addr == "127.0.0.2"
+    assert cfg.port == 10250
+
+
+def test_node_labels_and_insecure_registries_parse(tmp_path: Path) -> None:
+    cfg = load(
+        [
+            "--node-ip",
+            "127.0.0.2",
+            "--node-labels",
+            "a=1,example.com/b=two",
+            "--insecure-registries",
+            "127.0.0.1:5000, localhost:5001",
+        ],
+        tmp=tmp_path,
+    )
+    assert cfg.node_labels == {"a": "1", "example.com/b": "two"}
+    assert cfg.insecure_registries == {"127.0.0.1:5000", "localhost:5001"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--node-ip", "not-an-ip"], "--node-ip"),
+        (["--node-name", "Bad_Name"], "--node-name"),
+        (["--port", "70000"], "--port"),
+        (["--node-labels", "novalue"], "--node-labels"),
+        (["--allow-local-modules", "--node-ip", "127.0.0.1", "--node-labels", "k=v=w"], "--node-labels"),
+    ],
+)
+def test_bad_values_name_the_setting(tmp_path: Path, argv: list[str], message: str) -> None:
+    with pytest.raises(config.ConfigError, match=message):
+        load(argv, tmp=tmp_path)
+
+
+def test_unknown_config_file_keys_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text("node-ip: 127.0.0.5\nnode_ip_typo: 1\n")
+    with pytest.raises(config.ConfigError, match="node_ip_typo"):
+        load([], tmp=tmp_path)
+
+
+def test_environment_booleans(tmp_path: Path) -> None:
+    assert load(
+        ["--node-ip", "127.0.0.2"], {"WASMLET_ALLOW_LOCAL_MODULES": "true"}, tmp_path
+    ).allow_local_modules
+    with pytest.raises(config.ConfigError, match="boolean"):
+        load(["--node-ip", "127.0.0.2"], {"WASMLET_ALLOW_LOCAL_MODULES": "maybe"}, tmp_path)

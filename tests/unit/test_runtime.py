@@ -1,0 +1,351 @@
+"""wasmlet.runtime on real wasmtime: exit statuses, stdio, stopping spinning and sleeping modules."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import wasmtime
+
+from wasmlet.runtime import ExitStatus, ModuleError, RunSpec, Runtime
+
+WASI = "wasi_snapshot_preview1"
+
+HELLO = f"""(module
+  (import "{WASI}" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 64) "Hello, World!\\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 64))
+    (i32.store (i32.const 4) (i32.const 14))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 16)))))"""
+
+# Writes its argv buffer, then its environ buffer (NUL-separated strings) to stdout.
+ARGS_AND_ENV = f"""(module
+  (import "{WASI}" "args_sizes_get" (func $args_sizes_get (param i32 i32) (result i32)))
+  (import "{WASI}" "args_get" (func $args_get (param i32 i32) (result i32)))
+  (import "{WASI}" "environ_sizes_get" (func $environ_sizes_get (param i32 i32) (result i32)))
+  (import "{WASI}" "environ_get" (func $environ_get (param i32 i32) (result i32)))
+  (import "{WASI}" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func $dump (param $size i32)
+    (i32.store (i32.const 8) (i32.const 4096))
+    (i32.store (i32.const 12) (local.get $size))
+    (drop (call $fd_write (i32.const 1) (i32.const 8) (i32.const 1) (i32.const 16))))
+  (func (export "_start")
+    (drop (call $args_sizes_get (i32.const 0) (i32.const 4)))
+    (drop (call $args_get (i32.const 1024) (i32.const 4096)))
+    (call $dump (i32.load (i32.const 4)))
+    (drop (call $environ_sizes_get (i32.const 0) (i32.const 4)))
+    (drop (call $environ_get (i32.const 1024) (i32.const 4096)))
+    (call $dump (i32.load (i32.const 4)))))"""
+
+EXIT_3 = f"""(module
+  (import "{WASI}" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (func (export "_start") (call $exit (i32.const 3))))"""
+
+UNREACHABLE = """(module (func (export "_start") unreachable))"""
+
+SPIN = """(module (func (export "_start") (loop $forever (br $forever))))"""
+
+# Grows memory one page at a time until memory.grow fails, then aborts like an allocator would.
+GROW_UNTIL_REFUSED = """(module
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (loop $grow (br_if $grow (i32.ne (memory.grow (i32.const 1)) (i32.const -1))))
+    unreachable))"""
+
+NO_START = """(module (func (export "main")))"""
+
+UNKNOWN_IMPORT = """(module (import "env" "launch_missiles" (func)) (func (export "_start")))"""
+
+
+def sleeper(seconds: float, *, absolute: bool = False) -> str:
+    """A module that sleeps through poll_oneoff (one monotonic clock subscription), checks the
+    event it gets back (exit codes 10-14 name the broken field), then prints "awake"."""
+    nanos = int(seconds * 1e9)
+    timeout = (
+        f"(i64.add (i64.load (i32.const 200)) (i64.const {nanos}))" if absolute else f"(i64.const {nanos})"
+    )
+    return f"""(module
+  (import "{WASI}" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (import "{WASI}" "clock_time_get" (func $now (param i32 i64 i32) (result i32)))
+  (import "{WASI}" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "{WASI}" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 512) "awake\\n")
+  (func (export "_start")
+    (i64.store (i32.const 0) (i64.const 42))
+    (i32.store8 (i32.const 8) (i32.const 0))
+    (i32.store (i32.const 16) (i32.const 1))
+    (drop (call $now (i32.const 1) (i64.const 1) (i32.const 200)))
+    (i64.store (i32.const 24) {timeout})
+    (i32.store16 (i32.const 40) (i32.const {int(absolute)}))
+    (if (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128))
+      (then (call $exit (i32.const 10))))
+    (if (i32.ne (i32.load (i32.const 128)) (i32.const 1)) (then (call $exit (i32.const 11))))
+    (if (i64.ne (i64.load (i32.const 64)) (i64.const 42)) (then (call $exit (i32.const 12))))
+    (if (i32.load16_u (i32.const 72)) (then (call $exit (i32.const 13))))
+    (if (i32.load8_u (i32.const 74)) (then (call $exit (i32.const 14))))
+    (i32.store (i32.const 256) (i32.const 512))
+    (i32.store (i32.const 260) (i32.const 6))
+    (drop (call $fd_write (i32.const 1) (i32.const 256) (i32.const 1) (i32.const 264)))))"""
+
+
+@dataclass
+class Output:
+    stdout: list[bytes] = field(default_factory=list)
+    stderr: list[bytes] = field(default_factory=list)
+    exits: list[ExitStatus] = field(default_factory=list)
+    exit_threads: list[str] = field(default_factory=list)
+
+    def on_exit(self, status: ExitStatus) -> None:
+        self.exits.append(status)
+        self.exit_threads.append(threading.current_thread().name)
+
+
+@pytest.fixture
+def runtime(tmp_path: Path) -> Iterator[Runtime]:
+    rt = Runtime(tmp_path / "cache")
+    yield rt
+    rt.close()
+
+
+def wasm_file(tmp_path: Path, wat: str, name: str = "module.wasm") -> Path:
+    path = tmp_path / name
+    path.write_bytes(wasmtime.wat2wasm(wat))
+    return path
+
+
+def spec(module: Path, out: Output, **overrides: Any) -> RunSpec:
+    base = RunSpec(module, ["main"], {}, out.stdout.append, out.stderr.append, name="default/pod/main")
+    return replace(base, **overrides)
+
+
+def run(runtime: Runtime, tmp_path: Path, wat: str, **overrides: Any) -> tuple[ExitStatus, Output]:
+    out = Output()
+    module = runtime.precompile(wasm_file(tmp_path, wat))
+    status = runtime.start(spec(module, out, **overrides), out.on_exit).wait(10)
+    assert status is not None, "module did not finish within 10 s"
+    return status, out
+
+
+def test_hello_writes_stdout_and_completes_on_a_thread_named_after_the_container(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    status, out = run(runtime, tmp_path, HELLO)
+    assert (b"".join(out.stdout), out.stderr) == (b"Hello, World!\n", [])
+    assert (status.exit_code, status.reason, status.message) == (0, "Completed", "")
+    assert status.started_at <= status.finished_at
+    assert status.finished_at.tzinfo is not None
+    assert out.exits == [status]
+    assert out.exit_threads == ["default/pod/main"]
+
+
+def test_argv_and_environment_reach_the_module(runtime: Runtime, tmp_path: Path) -> None:
+    _, out = run(runtime, tmp_path, ARGS_AND_ENV, argv=["main", "--port", "8080"], env={"GREETING": "hi"})
+    assert b"".join(out.stdout) == b"main\0--port\x008080\0GREETING=hi\0"
+
+
+def test_proc_exit_code_is_reported_as_error(runtime: Runtime, tmp_path: Path) -> None:
+    status, _ = run(runtime, tmp_path, EXIT_3)
+    assert (status.exit_code, status.reason, status.message) == (3, "Error", "")
+
+
+def test_trap_is_an_error_with_its_cause_and_no_backtrace(runtime: Runtime, tmp_path: Path) -> None:
+    status, _ = run(runtime, tmp_path, UNREACHABLE)
+    assert (status.exit_code, status.reason) == (134, "Error")
+    assert "unreachable" in status.message
+    assert "backtrace" not in status.message
+
+
+def test_poll_oneoff_sleep_really_sleeps_and_the_module_continues(runtime: Runtime, tmp_path: Path) -> None:
+    began = time.monotonic()
+    status, out = run(runtime, tmp_path, sleeper(0.2))
+    assert 0.2 <= time.monotonic() - began < 2
+    assert (status.exit_code, status.reason) == (0, "Completed")
+    assert b"".join(out.stdout) == b"awake\n"
+
+
+def test_poll_oneoff_absolute_monotonic_deadline(runtime: Runtime, tmp_path: Path) -> None:
+    began = time.monotonic()
+    status, out = run(runtime, tmp_path, sleeper(0.2, absolute=True))
+    assert 0.19 <= time.monotonic() - began < 2
+    assert (status.exit_code, b"".join(out.stdout)) == (0, b"awake\n")
+
+
+@pytest.mark.parametrize("wat", [SPIN, sleeper(60)], ids=["spinning", "sleeping-60s"])
+def test_stop_kills_a_spinning_or_sleeping_module_promptly(
+    runtime: Runtime, tmp_path: Path, wat: str
+) -> None:
+    out = Output()
+    execution = runtime.start(spec(runtime.precompile(wasm_file(tmp_path, wat)), out), out.on_exit)
+    assert execution.wait(0.3) is None and execution.running
+    asked = time.monotonic()
+    execution.stop(2)
+    status = execution.wait(2)
+    assert status is not None, "still running 2 s after stop()"
+    assert time.monotonic() - asked < 2
+    assert (status.exit_code, status.reason) == (137, "Killed")
+    assert not execution.running
+    assert out.exits == [status]
+    assert out.stdout == []  # the sleeper did not get to print "awake"
+
+
+def test_stopping_one_execution_leaves_the_others_running(runtime: Runtime, tmp_path: Path) -> None:
+    module = runtime.precompile(wasm_file(tmp_path, SPIN))
+    out = Output()
+    first = runtime.start(spec(module, out, name="a"), out.on_exit)
+    second = runtime.start(spec(module, out, name="b"), out.on_exit)
+    assert first.wait(0.2) is None
+    first.stop(2)
+    assert first.wait(2) is not None
+    assert second.wait(0.3) is None, "stopping one module killed another"
+    second.stop(2)
+    status = second.wait(2)
+    assert status is not None and status.reason == "Killed"
+
+
+def test_refused_memory_growth_is_reported_as_oom_killed(runtime: Runtime, tmp_path: Path) -> None:
+    status, _ = run(runtime, tmp_path, GROW_UNTIL_REFUSED, memory_limit_bytes=1 << 20)
+    assert (status.exit_code, status.reason) == (134, "OOMKilled")
+
+
+def test_initial_memory_above_the_limit_is_oom_killed_without_running(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    wat = '(module (memory (export "memory") 32) (func (export "_start")))'  # 2 MiB
+    status, _ = run(runtime, tmp_path, wat, memory_limit_bytes=1 << 20)
+    assert (status.exit_code, status.reason) == (128, "OOMKilled")
+    assert "memory" in status.message
+
+
+def test_a_trap_far_below_the_memory_limit_stays_an_error(runtime: Runtime, tmp_path: Path) -> None:
+    status, _ = run(runtime, tmp_path, UNREACHABLE, memory_limit_bytes=64 << 20)
+    assert status.reason == "Error"
+
+
+def test_precompile_rejects_garbage_bytes_naming_the_file(runtime: Runtime, tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.wasm"
+    garbage.write_bytes(b"this is not wasm")
+    with pytest.raises(ModuleError, match=r"garbage\.wasm"):
+        runtime.precompile(garbage)
+    truncated = tmp_path / "truncated.wasm"
+    truncated.write_bytes(wasmtime.wat2wasm(HELLO)[:20])
+    with pytest.raises(ModuleError, match=r"truncated\.wasm: invalid"):
+        runtime.precompile(truncated)
+
+
+@pytest.mark.parametrize(
+    ("wat", "cause"),
+    [(NO_START, "no `_start`"), (UNKNOWN_IMPORT, "env::launch_missiles")],
+    ids=["no-start", "import"],
+)
+def test_precompile_rejects_modules_that_cannot_run(
+    runtime: Runtime, tmp_path: Path, wat: str, cause: str
+) -> None:
+    with pytest.raises(ModuleError, match=r"bad\.wasm") as error:
+        runtime.precompile(wasm_file(tmp_path, wat, "bad.wasm"))
+    assert cause in str(error.value)
+
+
+@pytest.mark.parametrize("content", [b"garbage", wasmtime.wat2wasm(NO_START)], ids=["garbage", "no-start"])
+def test_start_reports_a_bad_module_through_on_exit_instead_of_raising(
+    runtime: Runtime, tmp_path: Path, content: bytes
+) -> None:
+    bad = tmp_path / "bad.wasm"
+    bad.write_bytes(content)
+    out = Output()
+    status = runtime.start(spec(bad, out), out.on_exit).wait(5)
+    assert status is not None
+    assert (status.exit_code, status.reason) == (128, "Error")
+    assert "bad.wasm" in status.message
+    assert out.exits == [status]
+
+
+def test_start_reports_a_missing_cwasm_through_on_exit(runtime: Runtime, tmp_path: Path) -> None:
+    out = Output()
+    status = runtime.start(spec(tmp_path / "gone.cwasm", out), out.on_exit).wait(5)
+    assert status is not None and status.reason == "Error" and "gone.cwasm" in status.message
+
+
+def test_precompile_reuses_the_cached_artifact_without_compiling(
+    runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = wasm_file(tmp_path, HELLO)
+    cached = runtime.precompile(source)
+    assert cached.parent == tmp_path / "cache" and cached.suffix == ".cwasm"
+    mtime = cached.stat().st_mtime_ns
+
+    def no_compiling(*args: object) -> None:
+        raise AssertionError("recompiled a cached module")
+
+    monkeypatch.setattr(wasmtime.Module, "__init__", no_compiling)
+    fresh = Runtime(tmp_path / "cache")  # a restarted agent finds the artifact on disk
+    assert fresh.precompile(source) == cached
+    assert runtime.precompile(source) == cached
+    assert cached.stat().st_mtime_ns == mtime
+
+
+def test_start_accepts_a_plain_wasm_file(runtime: Runtime, tmp_path: Path) -> None:
+    out = Output()
+    status = runtime.start(spec(wasm_file(tmp_path, HELLO), out), out.on_exit).wait(5)
+    assert status is not None and status.reason == "Completed"
+    assert b"".join(out.stdout) == b"Hello, World!\n"
+
+
+def test_a_failing_stdout_consumer_does_not_kill_the_module(runtime: Runtime, tmp_path: Path) -> None:
+    def broken(chunk: bytes) -> None:
+        raise OSError("disk full")
+
+    status, _ = run(runtime, tmp_path, HELLO, stdout=broken)
+    assert status.reason == "Completed"
+
+
+def test_poll_oneoff_reports_fd_subscriptions_ready_without_waiting(runtime: Runtime, tmp_path: Path) -> None:
+    # fd_write on fd 1 (userdata 7) next to a 60 s clock (userdata 8): one fd_write event, at once.
+    wat = f"""(module
+      (import "{WASI}" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+      (import "{WASI}" "proc_exit" (func $exit (param i32)))
+      (memory (export "memory") 1)
+      (func (export "_start")
+        (i64.store (i32.const 0) (i64.const 7))
+        (i32.store8 (i32.const 8) (i32.const 2))
+        (i32.store (i32.const 16) (i32.const 1))
+        (i64.store (i32.const 48) (i64.const 8))
+        (i32.store (i32.const 64) (i32.const 1))
+        (i64.store (i32.const 72) (i64.const 60000000000))
+        (if (call $poll (i32.const 0) (i32.const 256) (i32.const 2) (i32.const 512))
+          (then (call $exit (i32.const 10))))
+        (if (i32.ne (i32.load (i32.const 512)) (i32.const 1)) (then (call $exit (i32.const 11))))
+        (if (i64.ne (i64.load (i32.const 256)) (i64.const 7)) (then (call $exit (i32.const 12))))
+        (if (i32.ne (i32.load8_u (i32.const 266)) (i32.const 2)) (then (call $exit (i32.const 13))))))"""
+    began = time.monotonic()
+    status, _ = run(runtime, tmp_path, wat)
+    assert (status.exit_code, status.reason) == (0, "Completed")
+    assert time.monotonic() - began < 5
+
+
+def test_preopened_directories_honour_read_only(runtime: Runtime, tmp_path: Path) -> None:
+    # path_open(fd 3 = the preopen, "new.txt", O_CREAT, rights fd_write); exits with its errno.
+    wat = f"""(module
+      (import "{WASI}" "path_open"
+        (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+      (import "{WASI}" "proc_exit" (func $exit (param i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 64) "new.txt")
+      (func (export "_start")
+        (call $exit (call $open (i32.const 3) (i32.const 0) (i32.const 64) (i32.const 7)
+          (i32.const 1) (i64.const 64) (i64.const 0) (i32.const 0) (i32.const 128)))))"""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    status, _ = run(runtime, tmp_path, wat, preopens=[(shared, "/data", True)])
+    assert status.exit_code != 0 and not (shared / "new.txt").exists()
+    status, _ = run(runtime, tmp_path, wat, preopens=[(shared, "/data", False)])
+    assert status.exit_code == 0 and (shared / "new.txt").exists()
