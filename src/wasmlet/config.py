@@ -170,7 +170,7 @@ def _load_file(path: Path, explicit: bool) -> dict[str, Any]:
         raise ConfigError(f"--config: {path} is not valid YAML/JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"--config: {path} must hold a mapping of flag names to values")
-    known = {name for name, _, _ in _OPTIONS}
+    known = {name for name, _kind, _help in _OPTIONS}
     unknown = sorted(set(map(str, data)) - known)
     if unknown:
         raise ConfigError(f"--config: {path} has unknown settings: {', '.join(unknown)}")
@@ -182,7 +182,7 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     env = os.environ if environ is None else environ
     args = vars(_parser().parse_args(argv))
     flags = {k.replace("_", "-"): v for k, v in args.items()}
-    from_env = {name: env[_env_name(name)] for name, _, _ in _OPTIONS if _env_name(name) in env}
+    from_env = {name: env[_env_name(name)] for name, _kind, _help in _OPTIONS if _env_name(name) in env}
 
     def early(name: str) -> object | None:
         return flags.get(name, from_env.get(name))

@@ -647,7 +647,7 @@ def _read(
         while True:
             finished = options.follow and is_finished is not None and is_finished()
             if not options.follow or finished or source.grew():
-                for _ in source.blocks():
+                for _block in source.blocks():
                     if chunk := limit.cut(assembler.take()):
                         yield chunk
                     if limit.reached or stop.is_set():

@@ -254,12 +254,12 @@ def parse_reference(text: str) -> Reference:
 
     if not text or text != text.strip():
         raise invalid("empty, or surrounded by whitespace")
-    name, _, digest = text.partition("@")
+    name, _sep, digest = text.partition("@")
     if digest or "@" in text:
         _check_digest(digest, invalid)
     tag = None
     if name.rfind(":") > name.rfind("/"):
-        name, _, tag = name.rpartition(":")
+        name, _sep, tag = name.rpartition(":")
         if not _TAG_RE.fullmatch(tag):
             raise invalid(f"tag {tag!r} is not [A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}")
     first, slash, rest = name.partition("/")
@@ -286,7 +286,7 @@ def parse_reference(text: str) -> Reference:
 def _check_digest(digest: str, invalid: Callable[[str], InvalidReferenceError]) -> None:
     if not _DIGEST_RE.fullmatch(digest):
         raise invalid(f"digest {digest!r} is not <algorithm>:<hex>")
-    algorithm, _, hex_part = digest.partition(":")
+    algorithm, _sep, hex_part = digest.partition(":")
     if _DIGEST_HEX_LENGTH.get(algorithm) != len(hex_part) or hex_part != hex_part.lower():
         raise invalid(f"digest {digest!r}: only sha256 (64) and sha512 (128 lower-case hex digits)")
 
@@ -328,7 +328,7 @@ def _split_port(host: str) -> tuple[str, str]:
     if host.startswith("["):
         end = host.find("]")
         return host[: end + 1], host[end + 2 :] if end + 1 < len(host) else ""
-    name, _, port = host.partition(":")
+    name, _sep, port = host.partition(":")
     return name, port
 
 
@@ -374,7 +374,7 @@ def _entry_auth(key: str, entry: Mapping[str, Any]) -> RegistryAuth:
             ) from exc
         if ":" not in decoded:
             raise ValueError(f"dockerconfigjson entry {key!r}: 'auth' does not decode to user:password")
-        username, _, password = decoded.partition(":")
+        username, _sep, password = decoded.partition(":")
     return RegistryAuth(
         username=str(username) if username else None,
         password=str(password) if password is not None else None,
@@ -516,7 +516,7 @@ class ResolvedModule:
 
 
 def _valid_digest(digest: str) -> bool:
-    algorithm, _, hex_part = digest.partition(":")
+    algorithm, _sep, hex_part = digest.partition(":")
     return bool(_DIGEST_RE.fullmatch(digest)) and _DIGEST_HEX_LENGTH.get(algorithm) == len(hex_part)
 
 
@@ -745,7 +745,7 @@ _READ_ACTIONS: Final = {"GET": "pull", "HEAD": "pull"}
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     """``Bearer realm="https://auth",service="reg",scope="repository:a:pull"`` -> scheme, params."""
-    scheme, _, rest = header.strip().partition(" ")
+    scheme, _sep, rest = header.strip().partition(" ")
     params = {
         key.lower(): quoted.replace('\\"', '"') if quoted or not bare else bare
         for key, quoted, bare in _CHALLENGE_PARAM_RE.findall(rest)
@@ -1059,7 +1059,7 @@ class RegistryClient:
         # Built field by field: oras' own parser mistakes "localhost/x" or a repository whose
         # first component has a dot for a registry.
         container = oras.container.Container("placeholder", registry=self.host)
-        namespace, _, name = repository.rpartition("/")
+        namespace, _sep, name = repository.rpartition("/")
         container.namespace, container.repository = namespace or None, name
         return container
 
@@ -1349,7 +1349,7 @@ class ModuleStore:
         entry.mkdir(parents=True, exist_ok=True)
         for leftover in [*entry.glob(f".{MODULE_FILE}.*"), *entry.glob(f".{DIGEST_FILE}.*")]:
             leftover.unlink(missing_ok=True)  # from a process killed mid-pull; we hold the lock
-        algorithm, _, expected_hex = layer.digest.partition(":")
+        algorithm, _sep, expected_hex = layer.digest.partition(":")
         hasher = hashlib.new(algorithm)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{MODULE_FILE}.", dir=entry)
         tmp = Path(tmp_name)

@@ -85,7 +85,7 @@ def poll_oneoff(
         else:
             return ERRNO_NOTSUP
     if not ready:
-        earliest = min(deadline for deadline, _ in deadlines)
+        earliest = min(deadline for deadline, _userdata in deadlines)
         if sleep(min(max(earliest - now, 0) / 1e9, threading.TIMEOUT_MAX)):
             raise Interrupted
         now = max(time.monotonic_ns(), earliest)

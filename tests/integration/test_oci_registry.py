@@ -203,13 +203,13 @@ def _push_container_image(client: RegistryClient, ref: str) -> None:
         info.size = 5
         tar.addfile(info, io.BytesIO(b"hello"))
     target = parse_reference(ref)
-    layer, _ = client.push_blob(
+    layer, _uploaded = client.push_blob(
         target, gzip.compress(buffer.getvalue(), mtime=0), "application/vnd.oci.image.layer.v1.tar+gzip"
     )
     config = json.dumps(
         {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}
     )
-    config_descriptor, _ = client.push_blob(
+    config_descriptor, _uploaded = client.push_blob(
         target, config.encode(), "application/vnd.oci.image.config.v1+json"
     )
     manifest = {
@@ -265,7 +265,7 @@ def test_image_index_pulls_its_wasm_entry_and_rejects_one_without(
                 entry(wasm.raw, wasm.digest, "wasip1", "wasm"),
             ],
         }
-        index_digest, _ = client.push_manifest(
+        index_digest, _uploaded = client.push_manifest(
             parse_reference(f"{repo}:v1"), json.dumps(both).encode(), OCI_INDEX
         )
         linux_only = {**both, "manifests": both["manifests"][:1]}

@@ -117,7 +117,7 @@ def test_stderr_interleaved_with_a_partial_stdout_line_keeps_streams_apart(log_f
         writer.write("stderr", b"err 1\nerr-")
         writer.write("stdout", b"line\n")
         writer.write("stderr", b"line\n")
-    assert [(s, t, c) for _, s, t, c in records(log_file)] == [
+    assert [(s, t, c) for _ts, s, t, c in records(log_file)] == [
         ("stderr", "F", "err 1"),
         ("stdout", "F", "out-line"),
         ("stderr", "F", "err-line"),
@@ -131,10 +131,10 @@ def test_close_writes_the_unterminated_tail_as_partial_and_reading_keeps_it_with
     writer = ContainerLogWriter(log_file, clock=Clock())
     writer.write("stdout", b"done\nno newline")
     writer.write("stderr", b"bye")
-    assert [c for *_, c in records(log_file)] == ["done"]  # partials stay buffered until close
+    assert [c for *_rest, c in records(log_file)] == ["done"]  # partials stay buffered until close
     writer.close()
     writer.close()  # idempotent
-    assert [(s, t, c) for _, s, t, c in records(log_file)] == [
+    assert [(s, t, c) for _ts, s, t, c in records(log_file)] == [
         ("stdout", "F", "done"),
         ("stdout", "P", "no newline"),
         ("stderr", "P", "bye"),
@@ -148,10 +148,10 @@ def test_a_line_over_16_kib_becomes_partial_records_then_a_full_one(log_file: Pa
     big = b"x" * (MAX_RECORD_CONTENT + 100)
     with ContainerLogWriter(log_file, clock=Clock()) as writer:
         writer.write("stdout", big)  # unterminated and over the limit: 16 KiB go out as P now
-        assert [(t, len(c)) for _, _, t, c in records(log_file)] == [("P", MAX_RECORD_CONTENT)]
+        assert [(t, len(c)) for _ts, _stream, t, c in records(log_file)] == [("P", MAX_RECORD_CONTENT)]
         writer.write("stdout", b"end\n")
         writer.write("stderr", b"y" * (2 * MAX_RECORD_CONTENT + 1) + b"\n")  # complete but long
-    assert [(s, t, len(c)) for _, s, t, c in records(log_file)] == [
+    assert [(s, t, len(c)) for _ts, s, t, c in records(log_file)] == [
         ("stdout", "P", MAX_RECORD_CONTENT),
         ("stdout", "F", 103),
         ("stderr", "P", MAX_RECORD_CONTENT),
@@ -166,7 +166,7 @@ def test_a_buffer_of_exactly_16_kib_stays_pending(log_file: Path) -> None:
         writer.write("stdout", b"a" * MAX_RECORD_CONTENT)
         assert log_file.read_bytes() == b""
         writer.write("stdout", b"\n")
-    assert [(t, len(c)) for _, _, t, c in records(log_file)] == [("F", MAX_RECORD_CONTENT)]
+    assert [(t, len(c)) for _ts, _stream, t, c in records(log_file)] == [("F", MAX_RECORD_CONTENT)]
 
 
 def test_writer_rejects_unknown_streams(log_file: Path) -> None:
@@ -189,7 +189,7 @@ def test_concurrent_writers_on_both_streams_never_tear_a_record(log_file: Path) 
     recs = records(log_file)
     assert len(recs) == 4000
     for stream in ("stdout", "stderr"):
-        assert [c for _, s, _, c in recs if s == stream] == [f"{stream} {i}" for i in range(2000)]
+        assert [c for _ts, s, _tag, c in recs if s == stream] == [f"{stream} {i}" for i in range(2000)]
 
 
 def test_timestamps_are_rfc3339nano_with_trailing_zeros_trimmed() -> None:
@@ -450,9 +450,9 @@ class Follower:
         """Chunks received until their concatenation is ``expected``."""
         deadline = time.monotonic() + timeout
         got: list[tuple[float, bytes]] = []
-        while b"".join(c for _, c in got) != expected:
+        while b"".join(c for _at, c in got) != expected:
             remaining = deadline - time.monotonic()
-            assert remaining > 0, f"follower got {b''.join(c for _, c in got)!r}, expected {expected!r}"
+            assert remaining > 0, f"follower got {b''.join(c for _at, c in got)!r}, expected {expected!r}"
             try:
                 got.append(self.chunks.get(timeout=remaining))
             except queue.Empty:

@@ -149,17 +149,19 @@ def test_hello_writes_stdout_and_completes_on_a_thread_named_after_the_container
 
 
 def test_argv_and_environment_reach_the_module(runtime: Runtime, tmp_path: Path) -> None:
-    _, out = run(runtime, tmp_path, ARGS_AND_ENV, argv=["main", "--port", "8080"], env={"GREETING": "hi"})
+    _status, out = run(
+        runtime, tmp_path, ARGS_AND_ENV, argv=["main", "--port", "8080"], env={"GREETING": "hi"}
+    )
     assert b"".join(out.stdout) == b"main\0--port\x008080\0GREETING=hi\0"
 
 
 def test_proc_exit_code_is_reported_as_error(runtime: Runtime, tmp_path: Path) -> None:
-    status, _ = run(runtime, tmp_path, EXIT_3)
+    status, _output = run(runtime, tmp_path, EXIT_3)
     assert (status.exit_code, status.reason, status.message) == (3, "Error", "")
 
 
 def test_trap_is_an_error_with_its_cause_and_no_backtrace(runtime: Runtime, tmp_path: Path) -> None:
-    status, _ = run(runtime, tmp_path, UNREACHABLE)
+    status, _output = run(runtime, tmp_path, UNREACHABLE)
     assert (status.exit_code, status.reason) == (134, "Error")
     assert "unreachable" in status.message
     assert "backtrace" not in status.message
@@ -213,7 +215,7 @@ def test_stopping_one_execution_leaves_the_others_running(runtime: Runtime, tmp_
 
 
 def test_refused_memory_growth_is_reported_as_oom_killed(runtime: Runtime, tmp_path: Path) -> None:
-    status, _ = run(runtime, tmp_path, GROW_UNTIL_REFUSED, memory_limit_bytes=1 << 20)
+    status, _output = run(runtime, tmp_path, GROW_UNTIL_REFUSED, memory_limit_bytes=1 << 20)
     assert (status.exit_code, status.reason) == (134, "OOMKilled")
 
 
@@ -221,13 +223,13 @@ def test_initial_memory_above_the_limit_is_oom_killed_without_running(
     runtime: Runtime, tmp_path: Path
 ) -> None:
     wat = '(module (memory (export "memory") 32) (func (export "_start")))'  # 2 MiB
-    status, _ = run(runtime, tmp_path, wat, memory_limit_bytes=1 << 20)
+    status, _output = run(runtime, tmp_path, wat, memory_limit_bytes=1 << 20)
     assert (status.exit_code, status.reason) == (128, "OOMKilled")
     assert "memory" in status.message
 
 
 def test_a_trap_far_below_the_memory_limit_stays_an_error(runtime: Runtime, tmp_path: Path) -> None:
-    status, _ = run(runtime, tmp_path, UNREACHABLE, memory_limit_bytes=64 << 20)
+    status, _output = run(runtime, tmp_path, UNREACHABLE, memory_limit_bytes=64 << 20)
     assert status.reason == "Error"
 
 
@@ -304,7 +306,7 @@ def test_a_failing_stdout_consumer_does_not_kill_the_module(runtime: Runtime, tm
     def broken(chunk: bytes) -> None:
         raise OSError("disk full")
 
-    status, _ = run(runtime, tmp_path, HELLO, stdout=broken)
+    status, _output = run(runtime, tmp_path, HELLO, stdout=broken)
     assert status.reason == "Completed"
 
 
@@ -327,7 +329,7 @@ def test_poll_oneoff_reports_fd_subscriptions_ready_without_waiting(runtime: Run
         (if (i64.ne (i64.load (i32.const 256)) (i64.const 7)) (then (call $exit (i32.const 12))))
         (if (i32.ne (i32.load8_u (i32.const 266)) (i32.const 2)) (then (call $exit (i32.const 13))))))"""
     began = time.monotonic()
-    status, _ = run(runtime, tmp_path, wat)
+    status, _output = run(runtime, tmp_path, wat)
     assert (status.exit_code, status.reason) == (0, "Completed")
     assert time.monotonic() - began < 5
 
@@ -345,7 +347,7 @@ def test_preopened_directories_honour_read_only(runtime: Runtime, tmp_path: Path
           (i32.const 1) (i64.const 64) (i64.const 0) (i32.const 0) (i32.const 128)))))"""
     shared = tmp_path / "shared"
     shared.mkdir()
-    status, _ = run(runtime, tmp_path, wat, preopens=[(shared, "/data", True)])
+    status, _output = run(runtime, tmp_path, wat, preopens=[(shared, "/data", True)])
     assert status.exit_code != 0 and not (shared / "new.txt").exists()
-    status, _ = run(runtime, tmp_path, wat, preopens=[(shared, "/data", False)])
+    status, _output = run(runtime, tmp_path, wat, preopens=[(shared, "/data", False)])
     assert status.exit_code == 0 and (shared / "new.txt").exists()

@@ -1,0 +1,117 @@
+#!/usr/bin/python
+# Copyright: wasmlet contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: oci_push
+short_description: Push a wasm module to an OCI registry (wasm-to-oci or CNCF wasm artifact)
+version_added: "0.1.0"
+description:
+  - Pushes O(path) as O(reference), with wasm-to-oci media types (what Krustlet pulls) or as a CNCF
+    TAG-Runtime wasm artifact. Blobs the registry has are not uploaded again, and C(changed) is false when
+    the tag already points at the same manifest.
+author:
+  - wasmlet contributors (@wasmlet)
+requirements:
+  - wasmlet (the Python package of this collection) on the managed host
+options:
+  path:
+    description: The C(.wasm) file.
+    type: path
+    required: true
+  reference:
+    description: Target, for example C(127.0.0.1:5000/simpleserver:v1.0.0).
+    type: str
+    required: true
+  media_type:
+    description: Manifest flavour.
+    type: str
+    choices: [wasm-to-oci, cncf]
+    default: wasm-to-oci
+  insecure:
+    description: Talk plain HTTP to the registry.
+    type: bool
+    default: false
+  ca_file:
+    description: CA certificate that verifies the registry.
+    type: path
+  username:
+    description: Registry user (basic auth, or for a token service).
+    type: str
+  password:
+    description: Registry password.
+    type: str
+extends_documentation_fragment:
+  - wasmlet.kube.attributes
+"""
+
+EXAMPLES = r"""
+- name: Push the demo module
+  wasmlet.kube.oci_push:
+    path: ~/.wasmlet/build/simpleserver.wasm
+    reference: 127.0.0.1:5000/simpleserver:v1.0.0
+    insecure: true
+"""
+
+RETURN = r"""
+digest:
+  description: Manifest digest the tag points at.
+  returned: success
+  type: str
+  sample: sha256:2297936b402cc9ff57781489b6e414b9a688ad5a1fb19c0ecb5fc5e2e7430f5c
+"""
+
+from pathlib import Path
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.wasmlet.kube.plugins.module_utils.wasmlet import require_wasmlet
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            path=dict(type="path", required=True),
+            reference=dict(type="str", required=True),
+            media_type=dict(type="str", choices=["wasm-to-oci", "cncf"], default="wasm-to-oci"),
+            insecure=dict(type="bool", default=False),
+            ca_file=dict(type="path"),
+            username=dict(type="str"),
+            password=dict(type="str", no_log=True),
+        ),
+        required_together=[("username", "password")],
+        supports_check_mode=True,
+    )
+    require_wasmlet(module)
+    from wasmlet import oci
+
+    p = module.params
+    try:
+        ref = oci.parse_reference(p["reference"])
+        auth = oci.RegistryAuth(username=p["username"], password=p["password"]) if p["username"] else None
+        insecure = {ref.registry} if p["insecure"] else set()
+        if module.check_mode:
+            wasm = Path(p["path"]).read_bytes()
+            manifest = oci.build_module_manifest(wasm, p["media_type"])[3]
+            digest = oci.digest_of(manifest)
+            options = oci.RegistryOptions(
+                insecure_registries=frozenset(insecure), ca_file=Path(p["ca_file"]) if p["ca_file"] else None
+            )
+            with oci.RegistryClient.for_registry(ref.registry, auth, options) as client:
+                try:
+                    current = client.resolve(ref)
+                except oci.RegistryError:
+                    current = None
+            module.exit_json(changed=current != digest, digest=digest)
+        result = oci.push_module(
+            ref, p["path"], p["media_type"], auth, insecure_registries=insecure, ca_file=p["ca_file"]
+        )
+    except (oci.RegistryError, OSError, ValueError) as exc:
+        module.fail_json(msg=f"push {p['path']} to {p['reference']}: {exc}")
+    module.exit_json(changed=result.uploaded, digest=result.digest)
+
+
+if __name__ == "__main__":
+    main()
