@@ -3,6 +3,8 @@ status and events, serve `kubectl logs` through the real apiserver, stop on dele
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 import wasmtime
-from helpers import Cluster, Registry, delete_quietly, unique, wait_for
-from wasmlet_proc import WasmletNode
+from helpers import Cluster, Registry, approve_csr, delete_quietly, unique, wait_for
+from wasmlet_proc import WASMLET, WasmletNode, running_node
 
 from wasmlet import kubeconfig, oci
 from wasmlet.kubeapi import ApiError, Client
@@ -213,3 +215,57 @@ def test_deleting_a_sleeping_module_finishes_within_the_grace_period(
 
     wait_for(f"pod {name} to disappear", gone, timeout=15)
     assert time.monotonic() - start < 2 + 2
+
+
+def test_killed_wasmlet_runs_its_pods_again_with_restart_counts_and_old_logs(
+    cluster: Cluster, admin: Client, registry: Registry, tmp_path: Path
+) -> None:
+    node_name = unique("restart-pods")
+    with running_node(
+        admin, tmp_path, node_name, "127.0.0.3", 10251, "--insecure-registries", registry.host
+    ) as node:
+        wait_for("the approval message", lambda: "certificate approve" in node.log(), timeout=60)
+        approve_csr(admin, f"{node_name}-tls")
+        wait_for("the kubelet API to listen", lambda: "kubelet API on https://" in node.log(), timeout=30)
+        pods = Pods(admin, node)
+        name = pods.create(unique("survivor"), push_wat(registry, "hello_loop", tmp_path))
+        try:
+            pods.wait_state(name, "running")
+            wait_for("output", lambda: "Hello, World!" in pods.logs(name), timeout=15)
+            node.process.send_signal(signal.SIGKILL)
+            node.process.wait(timeout=10)
+            again = subprocess.Popen(
+                [
+                    WASMLET,
+                    "--node-name",
+                    node_name,
+                    "--hostname",
+                    node_name,
+                    "--node-ip",
+                    "127.0.0.3",
+                    "--port",
+                    "10251",
+                    "--data-dir",
+                    str(node.data_dir),
+                    "--insecure-registries",
+                    registry.host,
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            node.process = again  # so the fixture stops this one
+            status = wait_for(
+                "the pod to run again",
+                lambda: (
+                    (s := pods.container(name)).get("restartCount") == 1 and "running" in s["state"] and s
+                ),
+                timeout=30,
+            )
+            assert status["ready"] is True
+            assert pods.logs(name, previous="true").startswith("Hello, World!\n")
+            wait_for("output of the new run", lambda: "Hello, World!" in pods.logs(name), timeout=15)
+            listed = admin.get("/api/v1/pods", {"fieldSelector": f"spec.nodeName={node_name}"})["items"]
+            assert [p["metadata"]["name"] for p in listed] == [name]
+        finally:
+            delete_quietly(admin, f"/api/v1/namespaces/default/pods/{name}?gracePeriodSeconds=0")
+            delete_quietly(admin, f"/apis/certificates.k8s.io/v1/certificatesigningrequests/{node_name}-tls")
