@@ -32,10 +32,12 @@ options:
     choices: [present, absent]
     default: present
   bootstrap_kubeconfig:
-    description: Where the bootstrap kubeconfig is written (and its token read back on re-runs).
+    description:
+      - Where the bootstrap kubeconfig is written (and its token read back on re-runs).
+      - Required with O(state=present).
     type: path
   token_id:
-    description: The token to delete with O(state=absent).
+    description: The token to delete with O(state=absent), or to reuse with O(state=present).
     type: str
   ttl_seconds:
     description: Lifetime of a new token; the token cleaner deletes it afterwards.
@@ -103,6 +105,7 @@ def main():
             description=dict(type="str", default="wasmlet node bootstrap"),
         ),
         required_one_of=[("bootstrap_kubeconfig", "token_id")],
+        required_if=[("state", "present", ("bootstrap_kubeconfig",))],
         supports_check_mode=True,
     )
     require_wasmlet(module)
@@ -132,7 +135,9 @@ def main():
             )
             if fresh and path is not None:
                 wanted = tokens.render_bootstrap_kubeconfig(admin_creds, existing.token)
-                same = path.read_bytes() == wanted and (path.stat().st_mode & 0o777) == 0o600
+                same = (
+                    path.exists() and path.read_bytes() == wanted and (path.stat().st_mode & 0o777) == 0o600
+                )
                 if not same and not module.check_mode:
                     tokens.write_bootstrap_kubeconfig(path, admin_creds, existing.token)
                 module.exit_json(

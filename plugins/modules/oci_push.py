@@ -102,7 +102,9 @@ def main():
             with oci.RegistryClient.for_registry(ref.registry, auth, options) as client:
                 try:
                     current = client.resolve(ref)
-                except oci.RegistryError:
+                except oci.RegistryError as exc:
+                    if "(HTTP 404)" not in exc.cause:  # only "no such tag" means the push would create it
+                        raise
                     current = None
             module.exit_json(changed=current != digest, digest=digest)
         result = oci.push_module(

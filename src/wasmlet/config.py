@@ -46,6 +46,7 @@ class NodeConfig:
     max_pods: int
     node_labels: dict[str, str] = field(default_factory=dict)
     insecure_registries: frozenset[str] = frozenset()
+    registry_ca_files: dict[str, Path] = field(default_factory=dict)
     allow_local_modules: bool = False
 
     @property
@@ -72,6 +73,7 @@ _OPTIONS: list[tuple[str, str, str]] = [
     ("max-pods", "int", "pods this node accepts (default: 110)"),
     ("node-labels", "labels", "extra labels, key=value[,key=value...]"),
     ("insecure-registries", "list", "registries (host[:port]) reached over plain HTTP, comma-separated"),
+    ("registry-ca-files", "labels", "CA bundles of registries with their own CA: host[:port]=/path,..."),
     ("allow-local-modules", "bool", "allow fs/<path> module references (default: false)"),
 ]
 
@@ -90,8 +92,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"wasmlet {__version__}")
     parser.add_argument("--config", help="config file (default: <data-dir>/config/config.yaml if it exists)")
     for name, kind, text in _OPTIONS:
-        if kind == "bool":
-            parser.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, help=text)
+        if kind == "bool":  # --flag, --flag=true|false (as Go flags take them)
+            parser.add_argument(f"--{name}", nargs="?", const="true", metavar="BOOL", help=text)
         else:
             parser.add_argument(f"--{name}", help=text)
     return parser
@@ -136,6 +138,23 @@ def _as_labels(option: str, value: object) -> dict[str, str]:
         if len(val) > 63 or not _LABEL_VALUE.match(val):
             raise ConfigError(f"--{option}: value {val!r} of label {key!r} is not a valid label value")
     return dict(items)
+
+
+def _as_ca_files(value: object) -> dict[str, Path]:
+    items = (
+        value.items()
+        if isinstance(value, Mapping)
+        else [part.strip().partition("=")[::2] for part in str(value).split(",") if part.strip()]
+    )
+    files: dict[str, Path] = {}
+    for host, path in items:
+        if not host or not path:
+            raise ConfigError(f"--registry-ca-files: {host}={path} is not host[:port]=/path/to/ca.crt")
+        ca = Path(str(path)).expanduser()
+        if not ca.is_file():
+            raise ConfigError(f"--registry-ca-files: CA file {ca} for registry {host} does not exist")
+        files[str(host)] = ca
+    return files
 
 
 def _as_list(value: object) -> frozenset[str]:
@@ -225,5 +244,6 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         max_pods=_as_int("max-pods", merged.get("max-pods", 110), 1, 100000),
         node_labels=_as_labels("node-labels", merged.get("node-labels", "")),
         insecure_registries=_as_list(merged.get("insecure-registries", "")),
+        registry_ca_files=_as_ca_files(merged.get("registry-ca-files", "")),
         allow_local_modules=_as_bool("allow-local-modules", merged.get("allow-local-modules", False)),
     )

@@ -102,6 +102,9 @@ class PodController:
         self.client = client
         self.runtime = runtime
         self.store = oci.ModuleStore(config.data_dir / ".oci" / "modules")
+        self.registry_options = oci.RegistryOptions(
+            insecure_registries=config.insecure_registries, ca_files=config.registry_ca_files
+        )
         self.log_root = config.data_dir / "logs"
         self.queue = WorkQueue()
         self.runs: dict[str, PodRun] = {}
@@ -322,9 +325,7 @@ class PodController:
             policy = spec.get("imagePullPolicy") or oci.default_pull_policy(oci.parse_reference(image))
             if not self.store.has(image) or policy == "Always":
                 self._event(run, "Normal", "Pulling", f'Pulling image "{image}"')
-            pulled = self.store.ensure(
-                image, policy, self._pull_auth(run), insecure_registries=self.config.insecure_registries
-            )
+            pulled = self.store.ensure(image, policy, self._pull_auth(run), options=self.registry_options)
             if pulled.pulled:
                 self._event(
                     run, "Normal", "Pulled", f'Successfully pulled image "{image}" ({pulled.size} bytes)'

@@ -86,7 +86,11 @@ def get(client: Client, token_id: str) -> BootstrapToken | None:
     return BootstrapToken(
         token_id,
         _decode(secret, "token-secret"),
-        dt.datetime.fromisoformat(expiration.replace("Z", "+00:00")) if expiration else dt.datetime.max,
+        (
+            dt.datetime.fromisoformat(expiration.replace("Z", "+00:00"))
+            if expiration
+            else dt.datetime.max.replace(tzinfo=dt.UTC)  # no expiration: valid until deleted
+        ),
     )
 
 

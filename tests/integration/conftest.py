@@ -65,14 +65,24 @@ def admin(cluster: Cluster) -> Iterator[Client]:
 
 @pytest.fixture(scope="session")
 def wasm_node(
-    cluster: Cluster, registry: Registry, tmp_path_factory: pytest.TempPathFactory
+    cluster: Cluster, registry: Registry, secure_registry: Registry, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WasmletNode]:
     """One real wasmlet node for the session, joined, its serving certificate approved,
-    pulling from the plain-HTTP local registry."""
+    pulling from the plain-HTTP local registry and trusting the secure registry's CA."""
     admin = cluster.admin()
     name = unique("wasm-node")
     tmp = tmp_path_factory.mktemp("wasm-node")
-    with running_node(admin, tmp, name, "127.0.0.2", 10250, "--insecure-registries", registry.host) as node:
+    with running_node(
+        admin,
+        tmp,
+        name,
+        "127.0.0.2",
+        10250,
+        "--insecure-registries",
+        registry.host,
+        "--registry-ca-files",
+        f"{secure_registry.host}={secure_registry.ca}",
+    ) as node:
         wait_for(f"node {name} to be Ready", lambda: node_ready(admin, name), timeout=60)
         message = (
             f"BOOTSTRAP: TLS certificate requires manual approval. Run kubectl certificate approve {name}-tls"

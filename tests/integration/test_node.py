@@ -117,20 +117,30 @@ def test_restarted_node_reuses_its_certificates(cluster: Cluster, tmp_path: Path
         wait_for("the kubelet API to listen", lambda: "kubelet API on https://" in node.log(), timeout=30)
         assert node.stop() == 0
         crt = (node.data_dir / "config" / "wasmlet.crt").read_bytes()
-        again = subprocess.Popen(
-            [WASMLET, "--node-name", name, "--node-ip", "127.0.0.3", "--data-dir", str(node.data_dir)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        output = tmp_path / "again.out"
+        with output.open("wb") as out:
+            again = subprocess.Popen(
+                [
+                    WASMLET,
+                    "--node-name",
+                    name,
+                    "--hostname",
+                    name,
+                    "--node-ip",
+                    "127.0.0.3",
+                    "--data-dir",
+                    str(node.data_dir),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         try:
-            lines: list[str] = []
-            assert again.stdout is not None
-            for line in again.stdout:
-                lines.append(line)
-                if "kubelet API on https://" in line:
-                    break
-            assert not any("BOOTSTRAP:" in line for line in lines)
+            wait_for(
+                "the restarted node's kubelet API",
+                lambda: "kubelet API on https://" in output.read_text(),
+                60,
+            )
+            assert "BOOTSTRAP:" not in output.read_text()
             assert (node.data_dir / "config" / "wasmlet.crt").read_bytes() == crt
         finally:
             again.terminate()

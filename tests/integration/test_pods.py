@@ -3,6 +3,8 @@ status and events, serve `kubectl logs` through the real apiserver, stop on dele
 
 from __future__ import annotations
 
+import base64
+import json
 import signal
 import subprocess
 import time
@@ -269,3 +271,43 @@ def test_killed_wasmlet_runs_its_pods_again_with_restart_counts_and_old_logs(
         finally:
             delete_quietly(admin, f"/api/v1/namespaces/default/pods/{name}?gracePeriodSeconds=0")
             delete_quietly(admin, f"/apis/certificates.k8s.io/v1/certificatesigningrequests/{node_name}-tls")
+
+
+def _pull_secret(admin: Client, registry: Registry, name: str, password: str) -> None:
+    auth = base64.b64encode(f"{registry.username}:{password}".encode()).decode()
+    config = json.dumps({"auths": {registry.host: {"auth": auth}}})
+    admin.post(
+        "/api/v1/namespaces/default/secrets",
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name},
+            "type": "kubernetes.io/dockerconfigjson",
+            "data": {".dockerconfigjson": base64.b64encode(config.encode()).decode()},
+        },
+    )
+
+
+def test_private_registry_works_through_image_pull_secrets(
+    pods: Pods, secure_registry: Registry, tmp_path: Path, admin: Client
+) -> None:
+    wasm = tmp_path / "hello.wasm"
+    wasm.write_bytes(wasmtime.wat2wasm((MODULES / "hello_loop.wat").read_text()))
+    image = f"{secure_registry.host}/{unique('private')}:v1"
+    oci.push_module(
+        image,
+        wasm,
+        auth=oci.RegistryAuth(secure_registry.username, secure_registry.password),
+        ca_file=secure_registry.ca,
+    )
+    secret = unique("regcred")
+    _pull_secret(admin, secure_registry, secret, secure_registry.password or "")
+    try:
+        name = pods.create(unique("private"), image, imagePullSecrets=[{"name": secret}])
+        pods.wait_state(name, "running")
+        without = pods.create(unique("nocreds"), image)
+        waiting = pods.wait_state(without, "waiting", "ErrImagePull", timeout=30)
+        assert secure_registry.host in waiting["message"]
+        assert "unauthorized" in waiting["message"].lower() or "authentication" in waiting["message"].lower()
+    finally:
+        delete_quietly(admin, f"/api/v1/namespaces/default/secrets/{secret}")
