@@ -31,6 +31,7 @@ class Agent:
         self.bootstrapper = Bootstrapper(config)
         self.threads: list[threading.Thread] = []
         self.server: KubeletServer | None = None
+        self.clients: list[Client] = []
 
     def _spawn(self, name: str, target: Any, *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -49,13 +50,16 @@ class Agent:
         config = self.config
         self.bootstrapper.ensure_client(self.stop)
         client = Client.from_kubeconfig(config.kubeconfig)
+        self.clients.append(client)
         node = NodeAgent(config, client)
         node.register()
         node.renew_lease()
         self._spawn(f"heartbeat:{config.node_name}", node.run, self.stop)
         # Pods run while the serving certificate waits for approval, as with a kubelet.
         self.runtime = Runtime(config.data_dir / "cache" / "compiled")
-        self.pods = PodController(config, Client.from_kubeconfig(config.kubeconfig), self.runtime)
+        pod_client = Client.from_kubeconfig(config.kubeconfig)
+        self.clients.append(pod_client)
+        self.pods = PodController(config, pod_client, self.runtime)
         self.pods.start()
         self.bootstrapper.ensure_serving(self.stop)
         ca_pem = kubeconfig.load(config.kubeconfig).ca_pem or b""
@@ -76,7 +80,9 @@ class Agent:
     def _renew_loop(self) -> None:
         while not self.stop.wait(RENEW_CHECK_INTERVAL):
             try:
-                self.bootstrapper.ensure_client(self.stop)
+                if self.bootstrapper.ensure_client(self.stop):
+                    for client in self.clients:
+                        client.reload()
                 if self.bootstrapper.ensure_serving(self.stop) and self.server is not None:
                     self.server.reload_certificate()
             except Exception as exc:  # keep running; try again at the next check

@@ -24,18 +24,30 @@ class ApiError(Exception):
 
 
 class Client:
-    def __init__(self, creds: Credentials, timeout: float = 30.0) -> None:
+    def __init__(self, creds: Credentials, timeout: float = 30.0, source: Path | None = None) -> None:
+        self.timeout = timeout
+        self.source = source
+        self._http = self._connect(creds)
+
+    def _connect(self, creds: Credentials) -> httpx.Client:
         headers = {"Accept": "application/json"}
         if creds.token:
             headers["Authorization"] = f"Bearer {creds.token}"
         self.creds = creds
-        self._http = httpx.Client(
-            base_url=creds.server, verify=creds.ssl_context(), headers=headers, timeout=timeout
+        return httpx.Client(
+            base_url=creds.server, verify=creds.ssl_context(), headers=headers, timeout=self.timeout
         )
+
+    def reload(self) -> None:
+        """Use the credentials now in the kubeconfig it was made from (after a renewal).
+
+        Requests and watches already running finish on the old connection."""
+        if self.source is not None:
+            self._http = self._connect(load(self.source))
 
     @classmethod
     def from_kubeconfig(cls, path: Path, timeout: float = 30.0) -> Client:
-        return cls(load(path), timeout)
+        return cls(load(path), timeout, source=path)
 
     def close(self) -> None:
         self._http.close()

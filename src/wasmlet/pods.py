@@ -534,12 +534,13 @@ def _unsupported(spec: dict[str, Any]) -> str:
 def pod_status(run: PodRun, node_ip: str) -> dict[str, Any]:
     """The pod status a kubelet would report for ``run`` (phase, conditions, container states)."""
     policy = run.pod["spec"].get("restartPolicy", "Always")
-    statuses = []
+    statuses: list[dict[str, Any]] = []
     running = waiting = succeeded = failed = 0
     for spec in run.pod["spec"].get("containers") or []:
         crun = run.containers[spec["name"]]
         state = crun.state
-        if "running" in state:
+        restarting = "waiting" in state and crun.ever_started and policy != "Never"
+        if "running" in state or restarting:  # a container in back-off counts as running (kubelet)
             running += 1
         elif "waiting" in state:
             waiting += 1
@@ -574,7 +575,7 @@ def pod_status(run: PodRun, node_ip: str) -> dict[str, Any]:
         phase = "Running"
     else:
         phase = "Pending"
-    ready = total > 0 and running == total
+    ready = total > 0 and all("running" in s["state"] for s in statuses)
     now = _now()
     before = {c["type"]: c for c in (run.last_status or {}).get("conditions", [])}
 

@@ -18,7 +18,7 @@ from wasmlet import csr, pki
 NODE = "n1"
 USER = f"system:node:{NODE}"
 NODE_IP = "127.0.0.2"
-ECDSA_USAGES = ["digital signature", "server auth"]
+ECDSA_USAGES = ("digital signature", "server auth")
 RSA_USAGES = ["digital signature", "key encipherment", "server auth"]
 MAX_EXPIRATION = 86400
 
