@@ -226,13 +226,7 @@ class PodController:
             previous = statuses.get(spec["name"], {})
             crun = ContainerRun(spec["name"], spec.get("image", ""))
             if previous:
-                ran = "running" in previous.get("state", {}) or "terminated" in previous.get("state", {})
-                crun.restart_count = int(previous.get("restartCount", 0)) + (1 if ran else 0)
-                crun.last_state = previous.get("state", {}) if ran else previous.get("lastState", {})
-                if "terminated" in previous.get("state", {}):
-                    crun.state = previous["state"]
-                    crun.exit = _recorded_exit(previous["state"]["terminated"])
-                crun.ever_started = ran
+                _resume(crun, previous)
             containers[spec["name"]] = crun
         run = PodRun(pod, containers)
         start = (pod.get("status") or {}).get("startTime")
@@ -354,7 +348,8 @@ class PodController:
         namespace, name = run.pod["metadata"]["namespace"], run.pod["metadata"]["name"]
         if crun.ever_started and crun.exit is not None:
             crun.restart_count += 1
-            crun.last_state = crun.state
+            if "terminated" in crun.state:
+                crun.last_state = crun.state
         if crun.writer is not None:
             crun.writer.close()
         writer = logs.ContainerLogWriter(
@@ -497,6 +492,33 @@ class PodController:
             self.client.post(f"/api/v1/namespaces/{meta['namespace']}/events", event)
         except ApiError as exc:
             log.warning("pod %s: cannot record event %s: %s", pod_key(run.pod), reason, exc)
+
+
+def _resume(crun: ContainerRun, previous: dict[str, Any]) -> None:
+    """Carry a container's history over from the status an earlier agent reported."""
+    state = previous.get("state") or {}
+    last = previous.get("lastState") or {}
+    crun.restart_count = int(previous.get("restartCount", 0))
+    crun.last_state = last
+    if "running" in state:  # it died with the agent that ran it: this start is a restart
+        crun.ever_started = True
+        crun.restart_count += 1
+        crun.last_state = {
+            "terminated": {
+                "exitCode": 137,
+                "reason": "Error",
+                "message": "the wasmlet node agent restarted",
+                "startedAt": state["running"].get("startedAt"),
+                "finishedAt": _now(),
+            }
+        }
+    elif "terminated" in state:
+        crun.ever_started = True
+        crun.state = state
+        crun.exit = _recorded_exit(state["terminated"])
+    elif "terminated" in last:  # waiting to be restarted
+        crun.ever_started = True
+        crun.exit = _recorded_exit(last["terminated"])
 
 
 def _recorded_exit(terminated: dict[str, Any]) -> ExitStatus:

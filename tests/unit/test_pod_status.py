@@ -1,0 +1,102 @@
+"""Pod phase and container history, as a kubelet reports them (pure logic of wasmlet.pods)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from wasmlet.pods import ContainerRun, PodRun, _resume, pod_status
+
+
+def run_with(state: dict[str, Any], policy: str = "Always", ever_started: bool = True) -> PodRun:
+    pod = {
+        "metadata": {"name": "p", "namespace": "default", "uid": "u1"},
+        "spec": {"restartPolicy": policy, "containers": [{"name": "main", "image": "r/m:v1"}]},
+    }
+    crun = ContainerRun("main", "r/m:v1", state=state, ever_started=ever_started)
+    return PodRun(pod, {"main": crun})
+
+
+TERMINATED_0 = {"terminated": {"exitCode": 0, "reason": "Completed"}}
+TERMINATED_3 = {"terminated": {"exitCode": 3, "reason": "Error"}}
+
+
+@pytest.mark.parametrize(
+    ("state", "policy", "ever_started", "phase", "ready"),
+    [
+        ({"waiting": {"reason": "ContainerCreating"}}, "Always", False, "Pending", False),
+        ({"waiting": {"reason": "ImagePullBackOff"}}, "Always", False, "Pending", False),
+        ({"running": {"startedAt": "2026-11-30T00:00:00Z"}}, "Always", True, "Running", True),
+        ({"waiting": {"reason": "CrashLoopBackOff"}}, "Always", True, "Running", False),
+        (TERMINATED_3, "Never", True, "Failed", False),
+        (TERMINATED_0, "Never", True, "Succeeded", False),
+        (TERMINATED_0, "OnFailure", True, "Succeeded", False),
+    ],
+)
+def test_phase_and_readiness_follow_the_kubelet(
+    state: dict[str, Any], policy: str, ever_started: bool, phase: str, ready: bool
+) -> None:
+    status = pod_status(run_with(state, policy, ever_started), "127.0.0.2")
+    assert status["phase"] == phase
+    conditions = {c["type"]: c["status"] for c in status["conditions"]}
+    assert conditions["Ready"] == ("True" if ready else "False")
+    assert status["hostIP"] == status["podIP"] == "127.0.0.2"
+    assert status["containerStatuses"][0]["ready"] is ready
+
+
+def test_condition_transition_time_is_kept_while_the_status_holds() -> None:
+    run = run_with({"running": {"startedAt": "2026-11-30T00:00:00Z"}})
+    first = pod_status(run, "127.0.0.2")
+    run.last_status = {
+        **first,
+        "conditions": [{**c, "lastTransitionTime": "2000-01-01T00:00:00Z"} for c in first["conditions"]],
+    }
+    again = pod_status(run, "127.0.0.2")
+    assert {c["lastTransitionTime"] for c in again["conditions"]} == {"2000-01-01T00:00:00Z"}
+    assert again == pod_status(run, "127.0.0.2")
+
+
+def test_a_container_running_when_the_agent_died_restarts_with_one_more_count() -> None:
+    crun = ContainerRun("main", "r/m:v1")
+    _resume(crun, {"restartCount": 2, "state": {"running": {"startedAt": "2026-11-30T00:00:00Z"}}})
+    assert crun.restart_count == 3
+    assert crun.exit is None
+    assert crun.last_state["terminated"]["exitCode"] == 137
+    assert crun.last_state["terminated"]["startedAt"] == "2026-11-30T00:00:00Z"
+
+
+def test_a_terminated_container_keeps_its_exit_and_count() -> None:
+    crun = ContainerRun("main", "r/m:v1")
+    _resume(
+        crun,
+        {
+            "restartCount": 1,
+            "state": {
+                "terminated": {
+                    "exitCode": 3,
+                    "reason": "Error",
+                    "startedAt": "2026-11-30T00:00:00Z",
+                    "finishedAt": "2026-11-30T00:00:01Z",
+                }
+            },
+        },
+    )
+    assert crun.restart_count == 1
+    assert crun.exit is not None and crun.exit.exit_code == 3
+    assert "terminated" in crun.state
+
+
+def test_a_container_in_back_off_resumes_as_a_restart() -> None:
+    crun = ContainerRun("main", "r/m:v1")
+    _resume(
+        crun,
+        {
+            "restartCount": 4,
+            "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}},
+        },
+    )
+    assert crun.restart_count == 4  # the next start makes it 5
+    assert crun.exit is not None and crun.exit.exit_code == 1
+    assert crun.ever_started
