@@ -14,13 +14,13 @@ ARGS ?=
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH):/usr/local/go/bin
 
-.PHONY: help venv up down test lint unit integration molecule sanity clean
+.PHONY: help venv up down test lint unit integration molecule sanity collection clean
 
 help:
 	@echo "make up          create .venv, then run site.yml: control plane, registry (see README)"
 	@echo "make test        lint, ansible-test sanity, unit, integration and molecule tests"
 	@echo "make down        stop everything make up started (PURGE=true also deletes ~/.wasmlet state)"
-	@echo "make lint | unit | integration | molecule | sanity"
+	@echo "make lint | unit | integration | molecule | sanity | collection"
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -66,7 +66,21 @@ sanity: venv
 	cp tests/sanity/get_pip.py ~/.ansible/test/cache/get_pip_$(subst .,_,$(ANSIBLE_TEST_PIP)).py
 	cd $(SANITY_DIR) && $(CURDIR)/$(BIN)/ansible-test sanity --python 3.11 --requirements
 
-test: lint sanity unit integration molecule
+# The collection as users get it: build the artifact, install it into a clean path, render every
+# module's docs and run `ansible-playbook wasmlet.kube.site` from the installed copy.
+COLLECTION_OUT := $(HOME)/.cache/wasmlet/collection
+
+collection: venv
+	rm -rf $(COLLECTION_OUT) && mkdir -p $(COLLECTION_OUT)
+	$(BIN)/ansible-galaxy collection build --force --output-path $(COLLECTION_OUT) .
+	$(BIN)/ansible-galaxy collection install --force -p $(COLLECTION_OUT)/installed $(COLLECTION_OUT)/wasmlet-kube-*.tar.gz
+	cd $(COLLECTION_OUT) && for m in $$(ls $(CURDIR)/plugins/modules | sed -n 's/\.py$$//p'); do \
+	  ANSIBLE_COLLECTIONS_PATH=$(COLLECTION_OUT)/installed $(CURDIR)/$(BIN)/ansible-doc -t module wasmlet.kube.$$m >/dev/null || exit 1; done
+	cd $(COLLECTION_OUT) && ANSIBLE_CONFIG= ANSIBLE_COLLECTIONS_PATH=$(COLLECTION_OUT)/installed \
+	  $(CURDIR)/$(BIN)/ansible-playbook -i $(COLLECTION_OUT)/installed/ansible_collections/wasmlet/kube/inventories/local \
+	  wasmlet.kube.site
+
+test: lint sanity unit integration collection molecule
 
 clean:
 	rm -rf $(VENV) .collections .mypy_cache .ruff_cache .pytest_cache
