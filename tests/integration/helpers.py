@@ -38,9 +38,11 @@ def run_playbook(playbook: str, extra_vars: dict[str, object] | None = None) -> 
     return run_playbook_file(ROOT / "playbooks" / playbook, extra_vars)
 
 
-def run_playbook_file(path: Path, extra_vars: dict[str, object] | None = None) -> str:
-    """Run any playbook against the local inventory, from the checkout; return its output."""
-    cmd = [ANSIBLE_PLAYBOOK, "-i", str(ROOT / "inventories/local"), str(path)]
+def run_playbook_file(
+    path: Path, extra_vars: dict[str, object] | None = None, inventory: Path | None = None
+) -> str:
+    """Run any playbook (against the local inventory by default), from the checkout; return its output."""
+    cmd = [ANSIBLE_PLAYBOOK, "-i", str(inventory or ROOT / "inventories/local"), str(path)]
     if extra_vars:
         cmd += ["-e", json.dumps(extra_vars)]
     proc = subprocess.run(
