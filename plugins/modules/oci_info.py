@@ -24,20 +24,8 @@ options:
     description: Reference to inspect, for example C(127.0.0.1:5000/simpleserver:v1.0.0).
     type: str
     required: true
-  insecure:
-    description: Talk plain HTTP to the registry.
-    type: bool
-    default: false
-  ca_file:
-    description: CA certificate that verifies the registry.
-    type: path
-  username:
-    description: Registry user (basic auth, or for a token service).
-    type: str
-  password:
-    description: Registry password.
-    type: str
 extends_documentation_fragment:
+  - wasmlet.kube.registry
   - wasmlet.kube.attributes
 """
 
@@ -111,9 +99,13 @@ not_wasm_cause:
 """
 
 from collections.abc import Mapping
-from pathlib import Path
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.wasmlet.kube.plugins.module_utils.registry import (
+    REGISTRY_ARGUMENT_SPEC,
+    REGISTRY_REQUIRED_TOGETHER,
+    registry_access,
+)
 from ansible_collections.wasmlet.kube.plugins.module_utils.wasmlet import require_wasmlet
 
 
@@ -121,12 +113,9 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             reference=dict(type="str", required=True),
-            insecure=dict(type="bool", default=False),
-            ca_file=dict(type="path"),
-            username=dict(type="str"),
-            password=dict(type="str", no_log=True),
+            **REGISTRY_ARGUMENT_SPEC,
         ),
-        required_together=[("username", "password")],
+        required_together=REGISTRY_REQUIRED_TOGETHER,
         supports_check_mode=True,
     )
     require_wasmlet(module)
@@ -136,11 +125,7 @@ def main():
     not_wasm = None
     try:
         ref = oci.parse_reference(p["reference"])
-        auth = oci.RegistryAuth(username=p["username"], password=p["password"]) if p["username"] else None
-        options = oci.RegistryOptions(
-            insecure_registries=frozenset({ref.registry} if p["insecure"] else ()),
-            ca_file=Path(p["ca_file"]) if p["ca_file"] else None,
-        )
+        auth, options = registry_access(p, ref.registry)
         with oci.RegistryClient.for_registry(ref.registry, auth, options) as client:
             top = client.get_manifest(ref)
             manifest = top

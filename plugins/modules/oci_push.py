@@ -31,20 +31,8 @@ options:
     type: str
     choices: [wasm-to-oci, cncf]
     default: wasm-to-oci
-  insecure:
-    description: Talk plain HTTP to the registry.
-    type: bool
-    default: false
-  ca_file:
-    description: CA certificate that verifies the registry.
-    type: path
-  username:
-    description: Registry user (basic auth, or for a token service).
-    type: str
-  password:
-    description: Registry password.
-    type: str
 extends_documentation_fragment:
+  - wasmlet.kube.registry
   - wasmlet.kube.attributes
 """
 
@@ -67,6 +55,11 @@ digest:
 from pathlib import Path
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.wasmlet.kube.plugins.module_utils.registry import (
+    REGISTRY_ARGUMENT_SPEC,
+    REGISTRY_REQUIRED_TOGETHER,
+    registry_access,
+)
 from ansible_collections.wasmlet.kube.plugins.module_utils.wasmlet import require_wasmlet
 
 
@@ -76,12 +69,9 @@ def main():
             path=dict(type="path", required=True),
             reference=dict(type="str", required=True),
             media_type=dict(type="str", choices=["wasm-to-oci", "cncf"], default="wasm-to-oci"),
-            insecure=dict(type="bool", default=False),
-            ca_file=dict(type="path"),
-            username=dict(type="str"),
-            password=dict(type="str", no_log=True),
+            **REGISTRY_ARGUMENT_SPEC,
         ),
-        required_together=[("username", "password")],
+        required_together=REGISTRY_REQUIRED_TOGETHER,
         supports_check_mode=True,
     )
     require_wasmlet(module)
@@ -90,15 +80,11 @@ def main():
     p = module.params
     try:
         ref = oci.parse_reference(p["reference"])
-        auth = oci.RegistryAuth(username=p["username"], password=p["password"]) if p["username"] else None
-        insecure = {ref.registry} if p["insecure"] else set()
+        auth, options = registry_access(p, ref.registry)
         if module.check_mode:
             wasm = Path(p["path"]).read_bytes()
             manifest = oci.build_module_manifest(wasm, p["media_type"])[3]
             digest = oci.digest_of(manifest)
-            options = oci.RegistryOptions(
-                insecure_registries=frozenset(insecure), ca_file=Path(p["ca_file"]) if p["ca_file"] else None
-            )
             with oci.RegistryClient.for_registry(ref.registry, auth, options) as client:
                 try:
                     current = client.resolve(ref)
@@ -107,9 +93,7 @@ def main():
                         raise
                     current = None
             module.exit_json(changed=current != digest, digest=digest)
-        result = oci.push_module(
-            ref, p["path"], p["media_type"], auth, insecure_registries=insecure, ca_file=p["ca_file"]
-        )
+        result = oci.push_module(ref, p["path"], p["media_type"], auth, options=options)
     except (oci.RegistryError, OSError, ValueError) as exc:
         module.fail_json(msg=f"push {p['path']} to {p['reference']}: {exc}")
     module.exit_json(changed=result.uploaded, digest=result.digest)

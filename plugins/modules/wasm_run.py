@@ -13,7 +13,8 @@ description:
   - Runs a wasm32-wasi command module on wasmtime, with the wasmlet runtime the node agent uses, and
     returns its exit code, stdout and stderr.
   - The module is a local file (O(module)) or pulled from an OCI registry (O(reference)) into a
-    temporary directory, as M(wasmlet.kube.oci_pull) does.
+    temporary directory, as M(wasmlet.kube.oci_pull) does. O(insecure), O(ca_file), O(username) and
+    O(password) apply only with O(reference).
   - A module that exits with a non-zero code, traps, fails to start, or runs longer than O(timeout)
     (it is then killed) fails the task, naming the module and the cause; RV(stdout), RV(stderr) and
     RV(rc) are still returned.
@@ -65,20 +66,8 @@ options:
   memory_limit:
     description: Largest linear memory the module may have, in bytes (no limit when unset).
     type: int
-  insecure:
-    description: With O(reference), talk plain HTTP to the registry.
-    type: bool
-    default: false
-  ca_file:
-    description: With O(reference), CA certificate that verifies the registry.
-    type: path
-  username:
-    description: With O(reference), registry user.
-    type: str
-  password:
-    description: With O(reference), registry password.
-    type: str
 extends_documentation_fragment:
+  - wasmlet.kube.registry
   - wasmlet.kube.attributes
 attributes:
   check_mode:
@@ -158,6 +147,11 @@ import time
 from pathlib import Path
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.wasmlet.kube.plugins.module_utils.registry import (
+    REGISTRY_ARGUMENT_SPEC,
+    REGISTRY_REQUIRED_TOGETHER,
+    registry_access,
+)
 from ansible_collections.wasmlet.kube.plugins.module_utils.wasmlet import require_wasmlet
 
 KILL_WAIT = 5.0
@@ -181,13 +175,8 @@ class _Output:
 
 def _pull(module, oci, reference, store_root):
     """Pull ``reference`` into a store under ``store_root``: (path of the module, manifest digest)."""
-    p = module.params
     ref = oci.parse_reference(reference)
-    auth = oci.RegistryAuth(username=p["username"], password=p["password"]) if p["username"] else None
-    options = oci.RegistryOptions(
-        insecure_registries=frozenset({ref.registry} if p["insecure"] else ()),
-        ca_file=Path(p["ca_file"]) if p["ca_file"] else None,
-    )
+    auth, options = registry_access(module.params, ref.registry)
     pulled = oci.ensure_module(ref, "Always", auth, store=oci.ModuleStore(store_root), options=options)
     return pulled.path, pulled.digest, ref.repository.rpartition("/")[2]
 
@@ -241,14 +230,11 @@ def main():
             ),
             timeout=dict(type="float", default=30.0),
             memory_limit=dict(type="int"),
-            insecure=dict(type="bool", default=False),
-            ca_file=dict(type="path"),
-            username=dict(type="str"),
-            password=dict(type="str", no_log=True),
+            **REGISTRY_ARGUMENT_SPEC,
         ),
         mutually_exclusive=[("module", "reference")],
         required_one_of=[("module", "reference")],
-        required_together=[("username", "password")],
+        required_together=REGISTRY_REQUIRED_TOGETHER,
         supports_check_mode=True,
     )
     require_wasmlet(module)

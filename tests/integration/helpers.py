@@ -1,4 +1,4 @@
-"""Helpers shared by the integration tests: waiting on conditions, tokens, CSRs."""
+"""Helpers shared by the integration tests: playbooks and module tasks, conditions, tokens, CSRs."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -53,6 +53,63 @@ def run_playbook_file(
             f"{path.name} failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
         )
     return proc.stdout
+
+
+@dataclass(frozen=True)
+class Step:
+    """One module task: ``wasmlet.kube.<module>`` with ``args``, optionally in check mode."""
+
+    module: str
+    args: dict[str, Any] = field(default_factory=dict)
+    check_mode: bool = False
+
+
+def run_modules(tmp_path: Path, *steps: Step) -> list[dict[str, Any]]:
+    """Run ``steps`` in order in one playbook on localhost; return each task's registered result.
+
+    Every task is ``register``-ed with ``ignore_errors``, so a failing module shows up as a result
+    with ``failed: true`` (see :func:`task_failed`) instead of failing the playbook.
+    """
+    playbook_dir = tmp_path / unique("play")
+    playbook_dir.mkdir()
+    out = playbook_dir / "results.json"
+    tasks: list[dict[str, Any]] = [
+        {
+            "name": f"Step {index}: {step.module}",
+            f"wasmlet.kube.{step.module}": step.args,
+            "register": f"step_{index}",
+            "ignore_errors": True,
+            "check_mode": step.check_mode,
+        }
+        for index, step in enumerate(steps)
+    ]
+    names = ", ".join(f"step_{index}" for index in range(len(steps)))
+    tasks.append(
+        {
+            "name": "Save the results",
+            "ansible.builtin.copy": {"content": f"{{{{ [{names}] | to_json }}}}", "dest": str(out)},
+            "check_mode": False,
+        }
+    )
+    play = [{"name": "Run wasmlet.kube modules", "hosts": "localhost", "gather_facts": False, "tasks": tasks}]
+    playbook = playbook_dir / "play.yml"
+    playbook.write_text(json.dumps(play, indent=2))
+    run_playbook_file(playbook)
+    results: list[dict[str, Any]] = json.loads(out.read_text())
+    assert len(results) == len(steps)
+    return results
+
+
+def task_ok(result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` of a :func:`run_modules` step, asserting the module did not fail."""
+    assert not result.get("failed"), result.get("msg")
+    return result
+
+
+def task_failed(result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` of a :func:`run_modules` step, asserting the module failed."""
+    assert result.get("failed") is True, result
+    return result
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
@@ -19,12 +18,14 @@ import wasmtime
 from helpers import (
     Cluster,
     Registry,
+    Step,
     create_bootstrap_token,
     delete_quietly,
     get_csr,
     issued_certificate,
     post_csr,
-    run_playbook_file,
+    run_modules,
+    task_ok,
     unique,
     wait_for,
 )
@@ -40,52 +41,6 @@ CSRS = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
 SECRETS = "/api/v1/namespaces/kube-system/secrets"
 SERVING_USAGES = ["digital signature", "server auth"]
 NODE_IP = "127.0.0.9"
-
-
-@dataclass(frozen=True)
-class Step:
-    """One module task: ``wasmlet.kube.<module>`` with ``args``, optionally in check mode."""
-
-    module: str
-    args: dict[str, Any] = field(default_factory=dict)
-    check_mode: bool = False
-
-
-def run_modules(tmp_path: Path, *steps: Step) -> list[dict[str, Any]]:
-    """Run ``steps`` in order in one playbook; return each task's registered result."""
-    playbook_dir = Path(tmp_path) / unique("play")
-    playbook_dir.mkdir()
-    out = playbook_dir / "results.json"
-    tasks: list[dict[str, Any]] = [
-        {
-            "name": f"Step {index}: {step.module}",
-            f"wasmlet.kube.{step.module}": step.args,
-            "register": f"step_{index}",
-            "ignore_errors": True,
-            "check_mode": step.check_mode,
-        }
-        for index, step in enumerate(steps)
-    ]
-    names = ", ".join(f"step_{index}" for index in range(len(steps)))
-    tasks.append(
-        {
-            "name": "Save the results",
-            "ansible.builtin.copy": {"content": f"{{{{ [{names}] | to_json }}}}", "dest": str(out)},
-            "check_mode": False,
-        }
-    )
-    play = [{"name": "Run wasmlet.kube modules", "hosts": "localhost", "gather_facts": False, "tasks": tasks}]
-    playbook = playbook_dir / "play.yml"
-    playbook.write_text(json.dumps(play, indent=2))
-    run_playbook_file(playbook)
-    results: list[dict[str, Any]] = json.loads(out.read_text())
-    assert len(results) == len(steps)
-    return results
-
-
-def _ok(result: dict[str, Any]) -> dict[str, Any]:
-    assert not result.get("failed"), result.get("msg")
-    return result
 
 
 def _whoami(cluster: Cluster, token: str) -> str:
@@ -138,7 +93,7 @@ def test_bootstrap_token_is_created_once_then_reused(
     first, second = run_modules(tmp_path, Step("bootstrap_token", args), Step("bootstrap_token", args))
     token_ids.add(str(first.get("token_id")))
 
-    assert _ok(first)["changed"] is True
+    assert task_ok(first)["changed"] is True
     assert conf.stat().st_mode & 0o777 == 0o600
     token = kubeconfig.load(conf).token or ""
     token_id = token.split(".", 1)[0]
@@ -150,7 +105,7 @@ def test_bootstrap_token_is_created_once_then_reused(
         kubeconfig.load(cluster.admin_kubeconfig), token
     )
 
-    assert _ok(second)["changed"] is False
+    assert task_ok(second)["changed"] is False
     assert second["token_id"] == token_id
     assert second["expiration"] == first["expiration"]
     assert kubeconfig.load(conf).token == token
@@ -164,13 +119,13 @@ def test_bootstrap_token_rotate_then_absent(
     (created,) = run_modules(tmp_path, Step("bootstrap_token", args))
     old = kubeconfig.load(conf).token or ""
     token_ids.add(old.split(".", 1)[0])
-    assert _ok(created)["changed"] is True
+    assert task_ok(created)["changed"] is True
 
     (rotated,) = run_modules(tmp_path, Step("bootstrap_token", {**args, "rotate": True}))
     new = kubeconfig.load(conf).token or ""
     new_id = new.split(".", 1)[0]
     token_ids.add(new_id)
-    assert _ok(rotated)["changed"] is True
+    assert task_ok(rotated)["changed"] is True
     assert rotated["token_id"] == new_id
     assert new != old
     assert new_id != old.split(".", 1)[0]
@@ -183,11 +138,11 @@ def test_bootstrap_token_rotate_then_absent(
         Step("bootstrap_token", {**args, "state": "absent"}),
         Step("bootstrap_token", {**args, "state": "absent"}),
     )
-    assert _ok(absent_check)["changed"] is True
-    assert _ok(absent)["changed"] is True
+    assert task_ok(absent_check)["changed"] is True
+    assert task_ok(absent)["changed"] is True
     assert absent["token_id"] == new_id
     assert not _secret_exists(admin, new_id)
-    assert _ok(again)["changed"] is False
+    assert task_ok(again)["changed"] is False
     # The apiserver's token authenticator reads Secrets through an informer: allow it to catch up.
     wait_for(f"token {new_id} to stop authenticating", lambda: _rejected(cluster, new), timeout=10)
 
@@ -199,7 +154,7 @@ def test_bootstrap_token_absent_by_token_id(
     token_ids.add(token_id)
     args = {"kubeconfig": str(cluster.admin_kubeconfig), "token_id": token_id, "state": "absent"}
     (absent,) = run_modules(tmp_path, Step("bootstrap_token", args))
-    assert _ok(absent)["changed"] is True
+    assert task_ok(absent)["changed"] is True
     assert absent["token_id"] == token_id
     assert not _secret_exists(admin, token_id)
 
@@ -211,7 +166,7 @@ def test_bootstrap_token_check_mode_on_a_fresh_path_writes_nothing(
     before = {item["metadata"]["name"] for item in admin.get(SECRETS)["items"]}
     args = {"kubeconfig": str(cluster.admin_kubeconfig), "bootstrap_kubeconfig": str(conf)}
     (checked,) = run_modules(tmp_path, Step("bootstrap_token", args, check_mode=True))
-    assert _ok(checked)["changed"] is True
+    assert task_ok(checked)["changed"] is True
     assert not conf.exists()
     assert not conf.parent.exists()
     after = {item["metadata"]["name"] for item in admin.get(SECRETS)["items"]}
@@ -302,7 +257,7 @@ def test_csr_approve_approves_a_valid_serving_csr_once(
     args = {"kubeconfig": str(cluster.admin_kubeconfig), "name": name}
     first, second = run_modules(tmp_path, Step("csr_approve", args), Step("csr_approve", args))
 
-    assert _ok(first)["changed"] is True
+    assert task_ok(first)["changed"] is True
     assert first["approved"] == [name]
     assert first["already_approved"] == []
     conditions = get_csr(admin, name)["status"]["conditions"]
@@ -311,7 +266,7 @@ def test_csr_approve_approves_a_valid_serving_csr_once(
     cert = wait_for(f"CSR {name} to be signed", lambda: issued_certificate(admin, name))
     cert.verify_directly_issued_by(pki.load_cert(cluster.pki / "ca.crt"))
 
-    assert _ok(second)["changed"] is False
+    assert task_ok(second)["changed"] is False
     assert second["approved"] == []
     assert second["already_approved"] == [name]
 
@@ -320,7 +275,7 @@ def test_csr_approve_approves_a_valid_serving_csr_once(
         tmp_path,
         Step("csr_approve", {"kubeconfig": str(cluster.admin_kubeconfig), "node": node_identity.name}),
     )
-    assert _ok(by_node)["changed"] is False
+    assert task_ok(by_node)["changed"] is False
     assert by_node["already_approved"] == [name]
 
 
@@ -330,7 +285,7 @@ def test_csr_approve_check_mode_approves_nothing(
     name = _post_serving(node_identity, serving_csrs, "check", (NODE_IP,))
     args = {"kubeconfig": str(cluster.admin_kubeconfig), "name": name}
     (checked,) = run_modules(tmp_path, Step("csr_approve", args, check_mode=True))
-    assert _ok(checked)["changed"] is True
+    assert task_ok(checked)["changed"] is True
     assert checked["approved"] == [name]
     csr = get_csr(admin, name)
     assert not (csr.get("status") or {}).get("conditions")
@@ -369,7 +324,7 @@ def test_csr_approve_without_a_matching_csr(cluster: Cluster, tmp_path: Path) ->
     )
     assert missing.get("failed") is True
     assert args["name"] in missing["msg"]
-    assert _ok(missing_ok)["changed"] is False
+    assert task_ok(missing_ok)["changed"] is False
 
 
 # --- oci_push --------------------------------------------------------------------------------------
@@ -411,10 +366,10 @@ def test_oci_push_pushes_once_and_check_mode_uploads_nothing(registry: Registry,
         Step("oci_push", args),
     )
     expected = oci.digest_of(oci.build_module_manifest(wasm.read_bytes())[3])
-    assert _ok(fresh_check)["changed"] is True
+    assert task_ok(fresh_check)["changed"] is True
     assert fresh_check["digest"] == expected
 
-    assert _ok(first)["changed"] is True
+    assert task_ok(first)["changed"] is True
     assert first["digest"] == expected
     assert _manifest_digest(registry, repository, "v1") == expected
     with _registry_client(registry) as client:
@@ -423,13 +378,13 @@ def test_oci_push_pushes_once_and_check_mode_uploads_nothing(registry: Registry,
     assert module.layer.digest == oci.digest_of(wasm.read_bytes())
     assert module.config_media_type == oci.WASM_TO_OCI_CONFIG
 
-    assert _ok(second)["changed"] is False
+    assert task_ok(second)["changed"] is False
     assert second["digest"] == expected
 
     wasm.write_bytes(wasmtime.wat2wasm('(module (func (export "_start")) (func (export "other")))'))
     new_layer = oci.digest_of(wasm.read_bytes())
     (changed_check,) = run_modules(tmp_path, Step("oci_push", args, check_mode=True))
-    assert _ok(changed_check)["changed"] is True
+    assert task_ok(changed_check)["changed"] is True
     assert changed_check["digest"] != expected
     assert changed_check["digest"] == oci.digest_of(oci.build_module_manifest(wasm.read_bytes())[3])
     assert _manifest_digest(registry, repository, "v1") == expected
@@ -448,7 +403,7 @@ def test_oci_push_cncf_flavour_and_a_bad_file(registry: Registry, tmp_path: Path
         Step("oci_push", {"path": str(wasm), "reference": reference, "insecure": True, "media_type": "cncf"}),
         Step("oci_push", {"path": str(not_wasm), "reference": f"{reference}-bad", "insecure": True}),
     )
-    assert _ok(pushed)["changed"] is True
+    assert task_ok(pushed)["changed"] is True
     assert _manifest_digest(registry, repository, "v1") == pushed["digest"]
     with _registry_client(registry) as client:
         assert client.resolve_module(oci.parse_reference(reference)).config_media_type == oci.CNCF_WASM_CONFIG

@@ -1,19 +1,17 @@
 """oci_pull, oci_info and wasm_run run for real, through ansible-playbook, against the local registry.
 
-As in test_collection_modules: each test writes a playbook into ``tmp_path`` whose module tasks are
-``register``-ed with ``ignore_errors``, dumps the results to JSON and reads them back.
+As in test_collection_modules, each test runs its module tasks through ``helpers.run_modules`` (a
+playbook in ``tmp_path`` whose tasks are ``register``-ed with ``ignore_errors``, results read back as JSON).
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import wasmtime
-from helpers import ROOT, Registry, run_playbook_file, unique
+from helpers import ROOT, Registry, Step, run_modules, task_failed, task_ok, unique
 
 from wasmlet import oci
 
@@ -53,57 +51,6 @@ PRINT_ARGS_WAT = """
 """
 
 
-@dataclass(frozen=True)
-class Step:
-    """One module task: ``wasmlet.kube.<module>`` with ``args``, optionally in check mode."""
-
-    module: str
-    args: dict[str, Any] = field(default_factory=dict)
-    check_mode: bool = False
-
-
-def run_modules(tmp_path: Path, *steps: Step) -> list[dict[str, Any]]:
-    """Run ``steps`` in order in one playbook; return each task's registered result."""
-    playbook_dir = tmp_path / unique("play")
-    playbook_dir.mkdir()
-    out = playbook_dir / "results.json"
-    tasks: list[dict[str, Any]] = [
-        {
-            "name": f"Step {index}: {step.module}",
-            f"wasmlet.kube.{step.module}": step.args,
-            "register": f"step_{index}",
-            "ignore_errors": True,
-            "check_mode": step.check_mode,
-        }
-        for index, step in enumerate(steps)
-    ]
-    names = ", ".join(f"step_{index}" for index in range(len(steps)))
-    tasks.append(
-        {
-            "name": "Save the results",
-            "ansible.builtin.copy": {"content": f"{{{{ [{names}] | to_json }}}}", "dest": str(out)},
-            "check_mode": False,
-        }
-    )
-    play = [{"name": "Run wasmlet.kube modules", "hosts": "localhost", "gather_facts": False, "tasks": tasks}]
-    playbook = playbook_dir / "play.yml"
-    playbook.write_text(json.dumps(play, indent=2))
-    run_playbook_file(playbook)
-    results: list[dict[str, Any]] = json.loads(out.read_text())
-    assert len(results) == len(steps)
-    return results
-
-
-def _ok(result: dict[str, Any]) -> dict[str, Any]:
-    assert not result.get("failed"), result.get("msg")
-    return result
-
-
-def _failed(result: dict[str, Any]) -> dict[str, Any]:
-    assert result.get("failed") is True, result
-    return result
-
-
 def _wasm(tmp_path: Path, name: str, wat: str) -> Path:
     path = tmp_path / f"{name}.wasm"
     path.write_bytes(wasmtime.wat2wasm(wat))
@@ -133,9 +80,9 @@ def test_oci_info_reports_a_pushed_wasm_module(registry: Registry, tmp_path: Pat
         Step("oci_info", info_args, check_mode=True),
     )
     expected = oci.digest_of(oci.build_module_manifest(wasm.read_bytes())[3])
-    assert _ok(pushed)["digest"] == expected
+    assert task_ok(pushed)["digest"] == expected
     for result in (info, info_check):
-        assert _ok(result)["changed"] is False
+        assert task_ok(result)["changed"] is False
         assert result["is_wasm"] is True
         assert result["digest"] == expected
         assert result["media_type"] == oci.OCI_MANIFEST
@@ -160,18 +107,18 @@ def test_oci_pull_writes_the_same_bytes_once(registry: Registry, tmp_path: Path)
         Step("oci_pull", pull_args, check_mode=True),
     )
     layer_digest = oci.digest_of(wasm.read_bytes())
-    assert _ok(check_fresh)["changed"] is True
+    assert task_ok(check_fresh)["changed"] is True
     assert check_fresh["layer_digest"] == layer_digest
-    assert _ok(first)["changed"] is True
-    assert first["digest"] == _ok(pushed)["digest"]
+    assert task_ok(first)["changed"] is True
+    assert first["digest"] == task_ok(pushed)["digest"]
     assert first["layer_digest"] == layer_digest
     assert first["size"] == len(wasm.read_bytes())
     assert first["media_type"] == oci.WASM_TO_OCI_LAYER
     assert dest.read_bytes() == wasm.read_bytes()
     assert dest.stat().st_mode & 0o777 == 0o644
-    assert _ok(second)["changed"] is False
+    assert task_ok(second)["changed"] is False
     assert second["layer_digest"] == layer_digest
-    assert _ok(check_again)["changed"] is False
+    assert task_ok(check_again)["changed"] is False
     assert not list(dest.parent.glob(".*"))  # no temporary file left behind
 
 
@@ -184,7 +131,7 @@ def test_missing_tag_fails_naming_the_registry(registry: Registry, tmp_path: Pat
         Step("oci_pull", {"reference": reference, "dest": str(dest), "insecure": True}),
     )
     for result in (info, pull):
-        message = _failed(result)["msg"]
+        message = task_failed(result)["msg"]
         assert reference in message
         assert f"registry {registry.host}" in message
         assert "404" in message
@@ -208,7 +155,7 @@ def test_wasm_run_outputs_exit_codes_and_timeouts(tmp_path: Path) -> None:
         Step("wasm_run", {"module": str(trap)}),
         Step("wasm_run", {"module": str(hello_loop), "timeout": 2}),
     )
-    assert _ok(printed)["changed"] is True
+    assert task_ok(printed)["changed"] is True
     assert printed["stdout"] == "hello\nwörld\n"
     assert printed["stderr"] == ""
     assert printed["rc"] == 0
@@ -218,18 +165,18 @@ def test_wasm_run_outputs_exit_codes_and_timeouts(tmp_path: Path) -> None:
     assert checked.get("skipped") is True
     assert checked["changed"] is False
 
-    _failed(exited)
+    task_failed(exited)
     assert exited["rc"] == 3
     assert exited["stderr"] == "giving up 3\n"
     assert str(exit3) in exited["msg"]
     assert "exit code 3" in exited["msg"]
 
-    _failed(trapped)
+    task_failed(trapped)
     assert trapped["rc"] == 134
     assert str(trap) in trapped["msg"]
     assert "unreachable" in trapped["msg"]
 
-    _failed(looped)
+    task_failed(looped)
     assert "timed out after 2 s" in looped["msg"]
     assert str(hello_loop) in looped["msg"]
     assert "Hello, World!" in looped["stdout"]
@@ -246,7 +193,7 @@ def test_wasm_run_by_oci_reference(registry: Registry, tmp_path: Path) -> None:
         Step("oci_push", push_args),
         Step("wasm_run", {"reference": reference, "insecure": True, "args": ["from", "the registry"]}),
     )
-    assert _ok(ran)["changed"] is True
+    assert task_ok(ran)["changed"] is True
     assert ran["stdout"] == "from\nthe registry\n"
     assert ran["rc"] == 0
-    assert ran["digest"] == _ok(pushed)["digest"]
+    assert ran["digest"] == task_ok(pushed)["digest"]

@@ -1,0 +1,40 @@
+# Copyright: wasmlet contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Registry options shared by the modules that talk to an OCI registry.
+
+The options are documented in the ``wasmlet.kube.registry`` doc fragment. ``wasmlet`` is imported
+only when :func:`registry_access` is called, after the module's ``require_wasmlet``, so this file
+imports cleanly without it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REGISTRY_ARGUMENT_SPEC = dict(
+    insecure=dict(type="bool", default=False),
+    ca_file=dict(type="path"),
+    username=dict(type="str"),
+    password=dict(type="str", no_log=True),
+)
+
+REGISTRY_REQUIRED_TOGETHER = [("username", "password")]
+
+
+def registry_access(params, registry):
+    """``(auth, options)`` for talking to ``registry`` (``host[:port]``) as the module's params say.
+
+    ``auth`` is a ``wasmlet.oci.RegistryAuth``, or None (anonymous) without ``username``;
+    ``options`` is a ``wasmlet.oci.RegistryOptions`` that speaks plain HTTP to ``registry`` when
+    ``insecure`` is set and verifies its certificate with ``ca_file`` when given.
+    """
+    from wasmlet import oci
+
+    auth = None
+    if params["username"]:
+        auth = oci.RegistryAuth(username=params["username"], password=params["password"])
+    options = oci.RegistryOptions(
+        insecure_registries=frozenset({registry} if params["insecure"] else ()),
+        ca_file=Path(params["ca_file"]) if params["ca_file"] else None,
+    )
+    return auth, options
