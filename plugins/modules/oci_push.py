@@ -13,13 +13,18 @@ description:
   - Pushes O(path) as O(reference), with wasm-to-oci media types (what Krustlet pulls) or as a CNCF
     TAG-Runtime wasm artifact. Blobs the registry has are not uploaded again, and C(changed) is false when
     the tag already points at the same manifest.
+  - O(path) may be WebAssembly text (a C(.wat) file), converted to binary wasm with wasmtime's C(wat2wasm)
+    before the push; the converted bytes are deterministic, so pushing the same text again changes nothing.
 author:
   - wasmlet contributors (@wasmlet)
 requirements:
   - wasmlet (the Python package of this collection) on the managed host
 options:
   path:
-    description: The C(.wasm) file.
+    description:
+      - The module file on the managed host, binary wasm (a C(.wasm) file, starting with the C(\0asm) magic)
+        or WebAssembly text (a file named C(*.wat), any case of the suffix), which is converted first.
+      - Anything else (a file not named C(*.wat) that is not binary wasm) fails the task, naming the file.
     type: path
     required: true
   reference:
@@ -42,6 +47,12 @@ EXAMPLES = r"""
     path: ~/.wasmlet/build/simpleserver.wasm
     reference: 127.0.0.1:5000/simpleserver:v1.0.0
     insecure: true
+
+- name: Push a module written in WebAssembly text
+  wasmlet.kube.oci_push:
+    path: /srv/modules/hello.wat
+    reference: 127.0.0.1:5000/hello:v1
+    insecure: true
 """
 
 RETURN = r"""
@@ -51,8 +62,6 @@ digest:
   type: str
   sample: sha256:2297936b402cc9ff57781489b6e414b9a688ad5a1fb19c0ecb5fc5e2e7430f5c
 """
-
-from pathlib import Path
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.wasmlet.kube.plugins.module_utils.registry import (
@@ -82,7 +91,7 @@ def main():
         ref = oci.parse_reference(p["reference"])
         auth, options = registry_access(p, ref.registry)
         if module.check_mode:
-            wasm = Path(p["path"]).read_bytes()
+            wasm = oci.read_module(p["path"])
             manifest = oci.build_module_manifest(wasm, p["media_type"])[3]
             digest = oci.digest_of(manifest)
             with oci.RegistryClient.for_registry(ref.registry, auth, options) as client:

@@ -27,7 +27,10 @@ requirements:
   - wasmlet (the Python package of this collection) on the managed host
 options:
   module:
-    description: Path of a local C(.wasm) file. Exactly one of O(module) and O(reference) is required.
+    description:
+      - Path of a local module file, binary wasm (C(.wasm)) or WebAssembly text (a file named C(*.wat)),
+        converted with wasmtime's C(wat2wasm) first, as M(wasmlet.kube.oci_push) does.
+      - Exactly one of O(module) and O(reference) is required.
     type: path
   reference:
     description: OCI reference of the module, for example C(127.0.0.1:5000/hello:v1).
@@ -90,6 +93,10 @@ EXAMPLES = r"""
         read_only: true
     timeout: 10
   register: tool
+
+- name: Run a module written in WebAssembly text
+  wasmlet.kube.wasm_run:
+    module: /srv/modules/hello.wat
 
 - name: Run a module straight from a registry
   wasmlet.kube.wasm_run:
@@ -181,6 +188,19 @@ def _pull(module, oci, reference, store_root):
     return pulled.path, pulled.digest, ref.repository.rpartition("/")[2]
 
 
+def _local(module, oci, path, tmp, what):
+    """A local module (binary wasm or ``.wat`` text) as a binary file under ``tmp``: (path, argv[0])."""
+    if not path.is_file():
+        module.fail_json(msg=f"run {what}: no such file")
+    try:
+        wasm = oci.read_module(path)
+    except (OSError, ValueError) as exc:
+        module.fail_json(msg=f"run {what}: cannot load it: {exc}")
+    binary = tmp / "module.wasm"
+    binary.write_bytes(wasm)
+    return binary, path.name
+
+
 def _preopens(module, what):
     """``dirs`` as RunSpec preopens; fails on a host directory that does not exist."""
     preopens = []
@@ -260,10 +280,7 @@ def main():
             except (oci.RegistryError, OSError, ValueError) as exc:
                 module.fail_json(msg=f"run {what}: cannot pull it: {exc}")
         else:
-            wasm = Path(p["module"])
-            program = wasm.name
-            if not wasm.is_file():
-                module.fail_json(msg=f"run {what}: no such file")
+            wasm, program = _local(module, oci, Path(p["module"]), Path(tmp), what)
         stdout, stderr = _Output(), _Output()
         spec = RunSpec(
             module=wasm,

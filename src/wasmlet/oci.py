@@ -2,7 +2,8 @@
 
 The node's pod controller calls :func:`ensure_module` for every container image; the Ansible
 modules ``oci_push`` / ``oci_pull`` / ``oci_info`` call :func:`push_module`, :func:`ensure_module`
-and :class:`RegistryClient`. Nothing else in wasmlet talks to registries.
+and :class:`RegistryClient`. Nothing else in wasmlet talks to registries. :func:`read_module` reads
+a module file to push or run (``oci_push``, ``wasm_run``), converting WebAssembly text (``.wat``).
 
 Module store (Krustlet's layout, under ``~/.wasmlet/.oci/modules`` by default)::
 
@@ -632,6 +633,40 @@ def select_wasm_layer(manifest: Mapping[str, Any], *, reference: str, registry: 
 
 def _json_bytes(data: Mapping[str, Any]) -> bytes:
     return json.dumps(data, separators=(",", ":")).encode()
+
+
+WAT_SUFFIX: Final = ".wat"
+
+
+def read_module(path: Path | str) -> bytes:
+    """The binary wasm module in the file ``path``: what gets pushed, or run by ``wasm_run``.
+
+    A ``.wat`` file (WebAssembly text, any case of the suffix) is converted with wasmtime's
+    ``wat2wasm``; any other file is returned as it is, and must be binary wasm (start with the
+    ``\\0asm`` magic). Raises ``OSError`` when the file cannot be read, and ``ValueError`` naming
+    the file when it is not valid WebAssembly text or not binary wasm.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    if path.suffix.lower() == WAT_SUFFIX:
+        import wasmtime  # here, not at the top: only .wat files need the engine's parser
+
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            why = f"not UTF-8 ({exc.reason} at byte {exc.start})"
+            raise ValueError(f"{path}: not WebAssembly text: {why}") from exc
+        try:
+            return bytes(wasmtime.wat2wasm(text))
+        except wasmtime.WasmtimeError as exc:
+            cause = str(exc).replace("<anon>", str(path))
+            raise ValueError(f"{path}: not valid WebAssembly text: {cause}") from exc
+    if not data.startswith(b"\0asm"):
+        raise ValueError(
+            f"{path}: not a wasm module: the file does not start with the \\0asm magic "
+            f"(WebAssembly text must be in a file named *{WAT_SUFFIX})"
+        )
+    return data
 
 
 def build_module_manifest(
@@ -1537,11 +1572,13 @@ def push_module(
 ) -> PushResult:
     """Push one wasm module as a wasm-to-oci or CNCF wasm artifact; idempotent.
 
-    Blobs the repository already has are not uploaded, nor is a manifest the tag already points
-    to; ``PushResult.uploaded`` is False when nothing was (Ansible's ``changed``).
+    ``wasm_path`` is a binary ``.wasm`` file or a ``.wat`` text file, converted first (see
+    :func:`read_module`). Blobs the repository already has are not uploaded, nor is a manifest
+    the tag already points to; ``PushResult.uploaded`` is False when nothing was (Ansible's
+    ``changed``).
     """
     ref = _as_reference(reference)
-    wasm = Path(wasm_path).read_bytes()
+    wasm = read_module(wasm_path)
     config, config_descriptor, layer, manifest = build_module_manifest(wasm, media_type, annotations)
 
     def push(push_client: RegistryClient) -> PushResult:
@@ -1604,6 +1641,7 @@ __all__ = [
     "parse_reference",
     "pull_module",
     "push_module",
+    "read_module",
     "request_scope",
     "select_platform",
     "select_wasm_layer",
