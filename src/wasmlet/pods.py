@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wasmlet import logs, oci, podspec
+from wasmlet import logs, node, oci, podspec
 from wasmlet.config import NodeConfig
 from wasmlet.kubeapi import ApiError, Client
 from wasmlet.runtime import Execution, ExitStatus, ModuleError, RunSpec, Runtime
 from wasmlet.server import NotFound
+from wasmlet.sources import ApiSources
 from wasmlet.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,11 @@ log = logging.getLogger(__name__)
 BACKOFF_START = 10.0
 BACKOFF_MAX = 300.0
 BACKOFF_RESET_AFTER = 600.0
+# A container whose configuration cannot be built (a missing ConfigMap, say) is tried again
+# this often, as kubelet's pod workers retry a failed sync.
+CONFIG_RETRY = 10.0
 WORKERS = 4
-UNSUPPORTED_CONTAINER_FIELDS = ("envFrom", "livenessProbe", "readinessProbe", "startupProbe")
+UNSUPPORTED_CONTAINER_FIELDS = ("livenessProbe", "readinessProbe", "startupProbe")
 # The ServiceAccount admission plugin adds this projected token volume to every pod. Mounting
 # it is volume support, not here yet: such a mount is skipped rather than refused.
 SERVICE_ACCOUNT_VOLUME_PREFIX = "kube-api-access-"
@@ -106,6 +110,8 @@ class PodController:
             insecure_registries=config.insecure_registries, ca_files=config.registry_ca_files
         )
         self.log_root = config.data_dir / "logs"
+        self.sources = ApiSources(client)
+        self.allocatable = node.capacity(config)
         self.queue = WorkQueue()
         self.runs: dict[str, PodRun] = {}
         self.lock = threading.Lock()
@@ -297,7 +303,28 @@ class PodController:
         module = self._pull(key, run, crun, spec)
         if module is None:
             return
-        self._start(key, run, crun, spec, module)
+        env = self._environment(key, run, crun, spec)
+        if env is None:
+            return
+        self._start(key, run, crun, module, argv=podspec.argv(spec, env), env=env)
+
+    def _environment(
+        self, key: str, run: PodRun, crun: ContainerRun, spec: dict[str, Any]
+    ) -> dict[str, str] | None:
+        """The container's variables as kubelet builds them; None (and retried) when they cannot be."""
+        ips = (self.config.node_ip,)
+        try:
+            resolved = podspec.resolve_environment(
+                run.pod, spec, self.sources, host_ips=ips, pod_ips=ips, allocatable=self.allocatable
+            )
+        except podspec.EnvError as exc:
+            crun.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(exc)}}
+            self._event(run, "Warning", "Failed", f"Error: {exc}")
+            self.queue.add_after(key, CONFIG_RETRY)
+            return None
+        for skipped in resolved.skipped:
+            self._event(run, "Warning", skipped.reason, skipped.message)
+        return resolved.env
 
     def _pull_auth(self, run: PodRun) -> oci.Keyring:
         configs = []
@@ -344,7 +371,9 @@ class PodController:
         crun.not_before = time.monotonic() + crun.backoff
         self.queue.add_after(key, crun.backoff)
 
-    def _start(self, key: str, run: PodRun, crun: ContainerRun, spec: dict[str, Any], module: Path) -> None:
+    def _start(
+        self, key: str, run: PodRun, crun: ContainerRun, module: Path, *, argv: list[str], env: dict[str, str]
+    ) -> None:
         namespace, name = run.pod["metadata"]["namespace"], run.pod["metadata"]["name"]
         if crun.ever_started and crun.exit is not None:
             crun.restart_count += 1
@@ -355,10 +384,9 @@ class PodController:
         writer = logs.ContainerLogWriter(
             logs.log_path(self.log_root, namespace, name, run.uid, crun.name, crun.restart_count)
         )
-        env = podspec.environment(spec)
         run_spec = RunSpec(
             module=module,
-            argv=podspec.argv(spec, env),
+            argv=argv,
             env=env,
             stdout=writer.stdout,
             stderr=writer.stderr,
@@ -366,9 +394,11 @@ class PodController:
         )
         crun.writer = writer
         crun.exit = None
-        crun.execution = self.runtime.start(run_spec, lambda status: self._exited(key, run, crun, status))
         crun.ever_started = True
+        # Running before the start: a module that exits at once reports its exit (from its own
+        # thread) before runtime.start returns, and that must not be overwritten.
         crun.state = {"running": {"startedAt": _now()}}
+        crun.execution = self.runtime.start(run_spec, lambda status: self._exited(key, run, crun, status))
         self._event(run, "Normal", "Created", f"Created container {crun.name}")
         self._event(run, "Normal", "Started", f"Started container {crun.name}")
 
@@ -546,10 +576,6 @@ def _unsupported(spec: dict[str, Any]) -> str:
                 f"volumeMount {mount.get('name')}: volumes are not supported by wasmlet yet "
                 f"(container {spec['name']})"
             )
-    for item in spec.get("env") or []:
-        if "valueFrom" in item:
-            name = item.get("name")
-            return f"env {name}: valueFrom is not supported by wasmlet yet (container {spec['name']})"
     return ""
 
 

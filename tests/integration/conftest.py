@@ -13,6 +13,7 @@ import pytest
 from helpers import (
     SECURE_REGISTRY,
     Cluster,
+    Pods,
     Registry,
     approve_csr,
     delete_quietly,
@@ -93,3 +94,11 @@ def wasm_node(
         yield node
         delete_quietly(admin, f"/apis/certificates.k8s.io/v1/certificatesigningrequests/{name}-tls")
     admin.close()
+
+
+@pytest.fixture
+def pods(admin: Client, wasm_node: WasmletNode) -> Iterator[Pods]:
+    p = Pods(admin, wasm_node)
+    yield p
+    for name in p.created:
+        delete_quietly(admin, f"/api/v1/namespaces/default/pods/{name}?gracePeriodSeconds=0")

@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import wasmtime
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from wasmlet_proc import WasmletNode
 
-from wasmlet import pki, tokens
+from wasmlet import oci, pki, tokens
 from wasmlet.kubeapi import ApiError, Client
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -230,3 +232,90 @@ def node_ready(admin: Client, name: str) -> dict[str, Any] | None:
         return None
     ready = [c for c in node.get("status", {}).get("conditions", []) if c["type"] == "Ready"]
     return node if ready and ready[0]["status"] == "True" else None
+
+
+# -- pods on a wasmlet node ----------------------------------------------------------
+MODULES = ROOT / "tests" / "modules"
+SEED_TOLERATIONS = [
+    {"key": "node.kubernetes.io/network-unavailable", "operator": "Exists", "effect": "NoSchedule"},
+    {"key": "kubernetes.io/arch", "operator": "Equal", "value": "wasm32-wasi", "effect": "NoExecute"},
+    {"key": "kubernetes.io/arch", "operator": "Equal", "value": "wasm32-wasi", "effect": "NoSchedule"},
+]
+
+
+def push_wat(registry: Registry, name: str, tmp_path: Path, media: str = "wasm-to-oci") -> str:
+    wasm = tmp_path / f"{name}.wasm"
+    wasm.write_bytes(wasmtime.wat2wasm((MODULES / f"{name}.wat").read_text()))
+    ref = f"{registry.host}/{unique(name)}:v1"
+    oci.push_module(ref, wasm, media_type=media, insecure_registries={registry.host})
+    return ref
+
+
+def pod_manifest(
+    name: str, node: str, image: str, container: dict[str, Any] | None = None, **spec: Any
+) -> dict[str, Any]:
+    """A pod for ``node`` with the seed's tolerations; ``container`` adds fields to its one container."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": node},
+            "tolerations": SEED_TOLERATIONS,
+            "containers": [
+                {
+                    "name": name.rsplit("-", 1)[0],
+                    "image": image,
+                    "imagePullPolicy": "Always",
+                    **(container or {}),
+                }
+            ],
+            **spec,
+        },
+    }
+
+
+class Pods:
+    def __init__(self, admin: Client, node: WasmletNode) -> None:
+        self.admin = admin
+        self.node = node
+        self.created: list[str] = []
+
+    def create(self, name: str, image: str, container: dict[str, Any] | None = None, **spec: Any) -> str:
+        manifest = pod_manifest(name, self.node.name, image, container, **spec)
+        self.admin.post("/api/v1/namespaces/default/pods", manifest)
+        self.created.append(name)
+        return name
+
+    def get(self, name: str) -> dict[str, Any]:
+        pod: dict[str, Any] = self.admin.get(f"/api/v1/namespaces/default/pods/{name}")
+        return pod
+
+    def container(self, name: str) -> dict[str, Any]:
+        statuses: list[dict[str, Any]] = self.get(name).get("status", {}).get("containerStatuses") or [{}]
+        return statuses[0]
+
+    def wait_state(
+        self, name: str, state: str, reason: str | None = None, timeout: float = 60
+    ) -> dict[str, Any]:
+        def probe() -> dict[str, Any] | None:
+            st = self.container(name).get("state", {}).get(state)
+            if st is not None and (reason is None or st.get("reason") == reason):
+                return dict(st)
+            return None
+
+        try:
+            return wait_for(f"pod {name} to be {state} {reason or ''}", probe, timeout=timeout)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; its container status: {self.container(name)}") from None
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.admin.get(
+            "/api/v1/namespaces/default/events", {"fieldSelector": f"involvedObject.name={name}"}
+        )["items"]
+        return items
+
+    def logs(self, name: str, **params: str) -> str:
+        resp = self.admin._http.get(f"/api/v1/namespaces/default/pods/{name}/log", params=params)
+        assert resp.status_code == 200, resp.text
+        return resp.text

@@ -8,99 +8,18 @@ import json
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import wasmtime
-from helpers import Cluster, Registry, approve_csr, delete_quietly, unique, wait_for
-from wasmlet_proc import WASMLET, WasmletNode, running_node
+from helpers import MODULES, Cluster, Pods, Registry, approve_csr, delete_quietly, push_wat, unique, wait_for
+from wasmlet_proc import WASMLET, running_node
 
 from wasmlet import kubeconfig, oci
 from wasmlet.kubeapi import ApiError, Client
 
 pytestmark = pytest.mark.integration
-
-MODULES = Path(__file__).resolve().parents[1] / "modules"
-SEED_TOLERATIONS = [
-    {"key": "node.kubernetes.io/network-unavailable", "operator": "Exists", "effect": "NoSchedule"},
-    {"key": "kubernetes.io/arch", "operator": "Equal", "value": "wasm32-wasi", "effect": "NoExecute"},
-    {"key": "kubernetes.io/arch", "operator": "Equal", "value": "wasm32-wasi", "effect": "NoSchedule"},
-]
-
-
-def push_wat(registry: Registry, name: str, tmp_path: Path, media: str = "wasm-to-oci") -> str:
-    wasm = tmp_path / f"{name}.wasm"
-    wasm.write_bytes(wasmtime.wat2wasm((MODULES / f"{name}.wat").read_text()))
-    ref = f"{registry.host}/{unique(name)}:v1"
-    oci.push_module(ref, wasm, media_type=media, insecure_registries={registry.host})
-    return ref
-
-
-def pod_manifest(name: str, node: str, image: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {
-            "nodeSelector": {"kubernetes.io/hostname": node},
-            "tolerations": SEED_TOLERATIONS,
-            "containers": [{"name": name.rsplit("-", 1)[0], "image": image, "imagePullPolicy": "Always"}],
-            **spec,
-        },
-    }
-
-
-class Pods:
-    def __init__(self, admin: Client, node: WasmletNode) -> None:
-        self.admin = admin
-        self.node = node
-        self.created: list[str] = []
-
-    def create(self, name: str, image: str, **spec: Any) -> str:
-        self.admin.post("/api/v1/namespaces/default/pods", pod_manifest(name, self.node.name, image, **spec))
-        self.created.append(name)
-        return name
-
-    def get(self, name: str) -> dict[str, Any]:
-        pod: dict[str, Any] = self.admin.get(f"/api/v1/namespaces/default/pods/{name}")
-        return pod
-
-    def container(self, name: str) -> dict[str, Any]:
-        statuses: list[dict[str, Any]] = self.get(name).get("status", {}).get("containerStatuses") or [{}]
-        return statuses[0]
-
-    def wait_state(
-        self, name: str, state: str, reason: str | None = None, timeout: float = 60
-    ) -> dict[str, Any]:
-        def probe() -> dict[str, Any] | None:
-            st = self.container(name).get("state", {}).get(state)
-            if st is not None and (reason is None or st.get("reason") == reason):
-                return dict(st)
-            return None
-
-        return wait_for(f"pod {name} to be {state} {reason or ''}", probe, timeout=timeout)
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = self.admin.get(
-            "/api/v1/namespaces/default/events", {"fieldSelector": f"involvedObject.name={name}"}
-        )["items"]
-        return items
-
-    def logs(self, name: str, **params: str) -> str:
-        resp = self.admin._http.get(f"/api/v1/namespaces/default/pods/{name}/log", params=params)
-        assert resp.status_code == 200, resp.text
-        return resp.text
-
-
-@pytest.fixture
-def pods(admin: Client, wasm_node: WasmletNode) -> Iterator[Pods]:
-    p = Pods(admin, wasm_node)
-    yield p
-    for name in p.created:
-        delete_quietly(admin, f"/api/v1/namespaces/default/pods/{name}?gracePeriodSeconds=0")
 
 
 def test_seed_story_hello_world_runs_and_kubectl_logs_shows_it(
