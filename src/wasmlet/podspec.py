@@ -100,11 +100,9 @@ class Sources(Protocol):
         ``binaryData``. To fail for another reason (kubelet: ``failed to sync configmap cache``),
         raise :class:`EnvError` with the message the container should show.
         """
-        ...
 
     def secret(self, namespace: str, name: str) -> Mapping[str, bytes] | None:
         """The Secret's ``data``, base64-decoded, or None when there is no such Secret."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -464,7 +462,7 @@ class _Resolver:
         if resource in _RESOURCE_FIELDS:
             kind, name = _RESOURCE_FIELDS[resource]
         else:
-            kind, _, name = resource.partition(".")
+            kind, _dot, name = resource.partition(".")
             if kind not in ("limits", "requests") or not name.startswith(_HUGEPAGES_PREFIX):
                 raise EnvError(f"unsupported container resource : {resource}")
         value = self.container_resource(target, kind, name, defaulted)

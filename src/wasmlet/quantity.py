@@ -96,7 +96,7 @@ def ceil_ratio(value: Decimal, divisor: Decimal) -> int:
 
 def _coefficient(value: Decimal) -> tuple[int, int]:
     """``(c, e)`` with ``value == c * 10**e`` for a finite positive ``value``."""
-    _, digits, exponent = value.as_tuple()
+    _sign, digits, exponent = value.as_tuple()
     if not isinstance(exponent, int):
         raise ValueError(f"{value} is not finite")
     return int("".join(map(str, digits))), exponent
