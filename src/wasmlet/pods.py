@@ -24,9 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wasmlet import logs, node, oci, podspec
+from wasmlet import admission, logs, node, oci, podspec
+from wasmlet.admission import Rejection
 from wasmlet.config import NodeConfig
 from wasmlet.kubeapi import ApiError, Client
+from wasmlet.quantity import parse_quantity
 from wasmlet.runtime import Execution, ExitStatus, ModuleError, RunSpec, Runtime
 from wasmlet.server import NotFound
 from wasmlet.sources import ApiSources
@@ -75,6 +77,7 @@ class ContainerRun:
     not_before: float = 0.0  # monotonic time before which it may not start again
     ever_started: bool = False
     exit: ExitStatus | None = None
+    init: bool = False  # an init container: runs to completion before the containers start
 
     @property
     def running(self) -> bool:
@@ -85,15 +88,26 @@ class ContainerRun:
 class PodRun:
     pod: dict[str, Any]
     containers: dict[str, ContainerRun]
+    init_containers: dict[str, ContainerRun] = field(default_factory=dict)
     start_time: str = field(default_factory=_now)
     deleted: bool = False
     killing: bool = False
     finished: bool = False
     last_status: dict[str, Any] | None = None
+    admitted: bool = False  # taken by this node (admission is decided once)
+    rejection: Rejection | None = None  # why the pod failed as a whole (refused, deadline, not wasm)
 
     @property
     def uid(self) -> str:
         return str(self.pod["metadata"]["uid"])
+
+    def all_containers(self) -> list[ContainerRun]:
+        return [*self.init_containers.values(), *self.containers.values()]
+
+    def restart_policy(self, crun: ContainerRun) -> str:
+        """The pod's policy; init containers of an Always pod restart only on failure (kubelet)."""
+        policy = str(self.pod["spec"].get("restartPolicy", "Always"))
+        return "OnFailure" if crun.init and policy == "Always" else policy
 
 
 def _should_restart(policy: str, exit_code: int) -> bool:
@@ -115,6 +129,7 @@ class PodController:
         self.queue = WorkQueue()
         self.runs: dict[str, PodRun] = {}
         self.lock = threading.Lock()
+        self.admission_lock = threading.Lock()  # one admission decision at a time
         self.stop = threading.Event()
 
     # -- the LogSource the kubelet API serves from -------------------------------------
@@ -123,7 +138,7 @@ class PodController:
             run = self.runs.get(f"{namespace}/{pod}")
         if run is None:
             raise NotFound(f'pod "{pod}" in namespace "{namespace}" is not running on this node')
-        crun = run.containers.get(container)
+        crun = run.containers.get(container) or run.init_containers.get(container)
         if crun is None:
             raise NotFound(f'container "{container}" is not in pod "{pod}"')
         return run, crun
@@ -162,7 +177,7 @@ class PodController:
         with self.lock:
             runs = list(self.runs.values())
         for run in runs:
-            for crun in run.containers.values():
+            for crun in run.all_containers():
                 if crun.execution is not None:
                     crun.execution.stop(grace)
 
@@ -226,20 +241,30 @@ class PodController:
 
     def _adopt(self, pod: dict[str, Any]) -> PodRun:
         """State for a pod seen for the first time; restart counts continue from its status."""
-        statuses = {s["name"]: s for s in (pod.get("status") or {}).get("containerStatuses") or []}
-        containers = {}
-        for spec in pod["spec"].get("containers") or []:
-            previous = statuses.get(spec["name"], {})
-            crun = ContainerRun(spec["name"], spec.get("image", ""))
-            if previous:
-                _resume(crun, previous)
-            containers[spec["name"]] = crun
-        run = PodRun(pod, containers)
-        start = (pod.get("status") or {}).get("startTime")
-        if start:
-            run.start_time = start
-        if (pod.get("status") or {}).get("phase") in {"Succeeded", "Failed"}:
+        status = pod.get("status") or {}
+        statuses = {s["name"]: s for s in status.get("containerStatuses") or []}
+        statuses.update({s["name"]: s for s in status.get("initContainerStatuses") or []})
+
+        def adopt(specs: list[dict[str, Any]], init: bool) -> dict[str, ContainerRun]:
+            runs = {}
+            for spec in specs:
+                crun = ContainerRun(spec["name"], spec.get("image", ""), init=init)
+                if spec["name"] in statuses:
+                    _resume(crun, statuses[spec["name"]])
+                runs[spec["name"]] = crun
+            return runs
+
+        run = PodRun(
+            pod,
+            adopt(pod["spec"].get("containers") or [], False),
+            adopt(pod["spec"].get("initContainers") or [], True),
+        )
+        if status.get("startTime"):
+            run.start_time = status["startTime"]
+        if status.get("phase") in {"Succeeded", "Failed"}:
             run.finished = True
+        # Admitted by an earlier agent on this node: it reported containers or a later phase.
+        run.admitted = bool(statuses) or status.get("phase") in {"Running", "Succeeded", "Failed"}
         return run
 
     def _forget_deleted(self, key: str) -> None:
@@ -270,7 +295,7 @@ class PodController:
             return
         if run.deleted:
             self._stop_all(run, grace=0.0)
-            if not any(c.running for c in run.containers.values()):
+            if not any(c.running for c in run.all_containers()):
                 self._close_writers(run)
                 with self.lock:
                     if self.runs.get(key) is run:
@@ -280,17 +305,71 @@ class PodController:
         if run.pod["metadata"].get("deletionTimestamp"):
             self._terminate(key, run)
             return
-        if not run.finished:
+        if not run.finished and not run.admitted:
+            self._admit(key, run)
+        if not run.finished and run.rejection is None:
+            self._enforce_deadline(key, run)
+        if not run.finished and run.rejection is None and self._initialized(key, run):
             for spec in run.pod["spec"].get("containers") or []:
-                self._sync_container(key, run, spec)
+                self._sync_container(key, run, spec, run.containers[spec["name"]])
         self._report(key, run)
 
-    def _sync_container(self, key: str, run: PodRun, spec: dict[str, Any]) -> None:
-        crun = run.containers[spec["name"]]
+    def _initialized(self, key: str, run: PodRun) -> bool:
+        """Run the init containers one at a time, in order; True once all have succeeded."""
+        for spec in run.pod["spec"].get("initContainers") or []:
+            crun = run.init_containers[spec["name"]]
+            if crun.exit is not None and crun.exit.exit_code == 0 and not crun.running:
+                continue
+            self._sync_container(key, run, spec, crun)
+            return False
+        return True
+
+    def _admit(self, key: str, run: PodRun) -> None:
+        """Take the pod or refuse it (Failed at once), as kubelet's admission handlers do."""
+        with self.admission_lock:
+            rejection = admission.not_wasm(run.pod)
+            if rejection is None:
+                with self.lock:
+                    others = [
+                        r.pod
+                        for k, r in self.runs.items()
+                        if k != key and r.admitted and not r.finished and not r.deleted
+                    ]
+                try:
+                    rejection = admission.fit(run.pod, others, self.allocatable)
+                except ValueError as exc:
+                    rejection = Rejection("UnexpectedAdmissionError", str(exc))
+            if rejection is None:
+                run.admitted = True
+                return
+        self._reject(run, Rejection(rejection.reason, f"Pod was rejected: {rejection.message}"))
+
+    def _reject(self, run: PodRun, rejection: Rejection) -> None:
+        run.rejection = rejection
+        log.info("pod %s: %s: %s", pod_key(run.pod), rejection.reason, rejection.message)
+        self._event(run, "Warning", rejection.reason, rejection.message)
+
+    def _enforce_deadline(self, key: str, run: PodRun) -> None:
+        """``activeDeadlineSeconds``: past it, stop every container and fail the pod."""
+        deadline = run.pod["spec"].get("activeDeadlineSeconds")
+        if not deadline:
+            return
+        started = dt.datetime.fromisoformat(run.start_time.replace("Z", "+00:00"))
+        remaining = (started - dt.datetime.now(dt.UTC)).total_seconds() + float(deadline)
+        if remaining > 0:
+            self.queue.add_after(key, remaining)
+            return
+        run.killing = True
+        self._reject(
+            run,
+            Rejection("DeadlineExceeded", "Pod was active on the node longer than the specified deadline"),
+        )
+        self._stop_all(run, grace=0.0)
+
+    def _sync_container(self, key: str, run: PodRun, spec: dict[str, Any], crun: ContainerRun) -> None:
         if crun.running:
             return
-        policy = run.pod["spec"].get("restartPolicy", "Always")
-        if crun.exit is not None and not _should_restart(policy, crun.exit.exit_code):
+        if crun.exit is not None and not _should_restart(run.restart_policy(crun), crun.exit.exit_code):
             return
         wait = crun.not_before - time.monotonic()
         if wait > 0:
@@ -306,7 +385,7 @@ class PodController:
         env = self._environment(key, run, crun, spec)
         if env is None:
             return
-        self._start(key, run, crun, module, argv=podspec.argv(spec, env), env=env)
+        self._start(key, run, crun, module, argv=podspec.argv(spec, env), env=env, memory=_memory_limit(spec))
 
     def _environment(
         self, key: str, run: PodRun, crun: ContainerRun, spec: dict[str, Any]
@@ -353,6 +432,10 @@ class PodController:
                 )
             crun.image_id = pulled.digest
             return self.runtime.precompile(pulled.path)
+        except oci.NotWasmError as exc:
+            message = f'Pod was rejected: image "{image}" is not a WebAssembly module: {exc}'
+            self._reject(run, Rejection("NotWasm", message))
+            return None
         except (oci.PullError, ModuleError) as exc:
             reason = getattr(exc, "reason", "ErrImagePull")
             previous = crun.state.get("waiting", {}).get("reason")
@@ -372,7 +455,15 @@ class PodController:
         self.queue.add_after(key, crun.backoff)
 
     def _start(
-        self, key: str, run: PodRun, crun: ContainerRun, module: Path, *, argv: list[str], env: dict[str, str]
+        self,
+        key: str,
+        run: PodRun,
+        crun: ContainerRun,
+        module: Path,
+        *,
+        argv: list[str],
+        env: dict[str, str],
+        memory: int | None,
     ) -> None:
         namespace, name = run.pod["metadata"]["namespace"], run.pod["metadata"]["name"]
         if crun.ever_started and crun.exit is not None:
@@ -388,6 +479,7 @@ class PodController:
             module=module,
             argv=argv,
             env=env,
+            memory_limit_bytes=memory,
             stdout=writer.stdout,
             stderr=writer.stderr,
             name=f"{key}/{crun.name}",
@@ -419,8 +511,7 @@ class PodController:
         ran_for = (status.finished_at - status.started_at).total_seconds()
         if ran_for > BACKOFF_RESET_AFTER:
             crun.backoff = 0.0
-        policy = run.pod["spec"].get("restartPolicy", "Always")
-        if not run.killing and _should_restart(policy, status.exit_code):
+        if not run.killing and _should_restart(run.restart_policy(crun), status.exit_code):
             self._back_off(key, crun)
             crun.last_state = crun.state
             crun.state = {
@@ -441,11 +532,11 @@ class PodController:
         )
         if not run.killing:
             run.killing = True
-            for crun in run.containers.values():
+            for crun in run.all_containers():
                 if crun.running:
                     self._event(run, "Normal", "Killing", f"Stopping container {crun.name}")
         self._stop_all(run, grace)
-        if any(c.running for c in run.containers.values()):
+        if any(c.running for c in run.all_containers()):
             return  # each exit re-queues the pod
         self._close_writers(run)
         try:
@@ -465,12 +556,12 @@ class PodController:
         log.info("pod %s: stopped and deleted", key)
 
     def _stop_all(self, run: PodRun, grace: float) -> None:
-        for crun in run.containers.values():
+        for crun in run.all_containers():
             if crun.execution is not None and crun.running:
                 crun.execution.stop(grace)
 
     def _close_writers(self, run: PodRun) -> None:
-        for crun in run.containers.values():
+        for crun in run.all_containers():
             if crun.writer is not None:
                 crun.writer.close()
 
@@ -566,7 +657,16 @@ def _recorded_exit(terminated: dict[str, Any]) -> ExitStatus:
     )
 
 
+def _memory_limit(spec: dict[str, Any]) -> int | None:
+    """``resources.limits.memory`` in bytes: the cap on the module's linear memories."""
+    limit = ((spec.get("resources") or {}).get("limits") or {}).get("memory")
+    return int(parse_quantity(str(limit))) if limit else None
+
+
 def _unsupported(spec: dict[str, Any]) -> str:
+    if spec.get("restartPolicy") == "Always":
+        name = spec["name"]
+        return f"sidecar containers (restartPolicy Always) are not supported by wasmlet (container {name})"
     for name in UNSUPPORTED_CONTAINER_FIELDS:
         if spec.get(name):
             return f"{name} is not supported by wasmlet yet (container {spec['name']})"
@@ -579,71 +679,99 @@ def _unsupported(spec: dict[str, Any]) -> str:
     return ""
 
 
+def _container_status(run: PodRun, crun: ContainerRun, initialized: bool) -> dict[str, Any]:
+    state = crun.state
+    if not initialized and not crun.init and not crun.ever_started:
+        state = {"waiting": {"reason": "PodInitializing"}}
+    return {
+        "name": crun.name,
+        "state": state,
+        "lastState": crun.last_state,
+        "ready": "running" in state,
+        "started": "running" in state,
+        "restartCount": crun.restart_count,
+        "image": crun.image,
+        "imageID": crun.image_id,
+        **({"containerID": f"wasmlet://{run.uid}/{crun.name}"} if crun.ever_started else {}),
+    }
+
+
+def _init_progress(statuses: list[dict[str, Any]]) -> tuple[int, int]:
+    """(pending, failed) init containers, counted as kubelet's getPhase counts them."""
+    pending = failed = 0
+    for status in statuses:
+        state, last = status["state"], status["lastState"]
+        if "terminated" in state:
+            failed += state["terminated"].get("exitCode", 1) != 0
+        elif "waiting" in state and "terminated" in last:
+            failed += last["terminated"].get("exitCode", 1) != 0
+        else:
+            pending += 1
+    return pending, failed
+
+
+def phase_of(policy: str, init: list[dict[str, Any]], containers: list[dict[str, Any]]) -> str:
+    """kubelet's getPhase (pkg/kubelet/kubelet_pods.go) over the reported container statuses."""
+    pending_init, failed_init = _init_progress(init)
+    running = waiting = stopped = succeeded = 0
+    for status in containers:
+        state = status["state"]
+        if "running" in state:
+            running += 1
+        elif "terminated" in state:
+            stopped += 1
+            succeeded += state["terminated"].get("exitCode", 1) == 0
+        elif "terminated" in status["lastState"]:
+            stopped += 1
+        else:
+            waiting += 1
+    if failed_init and policy == "Never":
+        return "Failed"
+    if pending_init or failed_init or waiting:
+        return "Pending"
+    if running:
+        return "Running"
+    if not stopped:
+        return "Pending"
+    if policy != "Always" and stopped == succeeded:
+        return "Succeeded"
+    return "Failed" if policy == "Never" else "Running"
+
+
 def pod_status(run: PodRun, node_ip: str) -> dict[str, Any]:
     """The pod status a kubelet would report for ``run`` (phase, conditions, container states)."""
-    policy = run.pod["spec"].get("restartPolicy", "Always")
-    statuses: list[dict[str, Any]] = []
-    running = waiting = succeeded = failed = 0
-    for spec in run.pod["spec"].get("containers") or []:
-        crun = run.containers[spec["name"]]
-        state = crun.state
-        restarting = "waiting" in state and crun.ever_started and policy != "Never"
-        if "running" in state or restarting:  # a container in back-off counts as running (kubelet)
-            running += 1
-        elif "waiting" in state:
-            waiting += 1
-        elif "terminated" in state:
-            if state["terminated"].get("exitCode", 1) == 0:
-                succeeded += 1
-            else:
-                failed += 1
-        statuses.append(
-            {
-                "name": crun.name,
-                "state": state,
-                "lastState": crun.last_state,
-                "ready": "running" in state,
-                "started": "running" in state,
-                "restartCount": crun.restart_count,
-                "image": crun.image,
-                "imageID": crun.image_id,
-                **({"containerID": f"wasmlet://{run.uid}/{crun.name}"} if crun.ever_started else {}),
-            }
-        )
-    total = len(statuses)
-    if running and not waiting and not (failed and policy == "Never"):
-        phase = "Running"
-    elif succeeded == total and total and policy != "Always":
-        phase = "Succeeded"
-    elif total and succeeded + failed == total and policy == "Never":
-        phase = "Failed" if failed else "Succeeded"
-    elif total and succeeded + failed == total and policy == "OnFailure" and not failed:
-        phase = "Succeeded"
-    elif running:
-        phase = "Running"
-    else:
-        phase = "Pending"
-    ready = total > 0 and all("running" in s["state"] for s in statuses)
+    init = [_container_status(run, c, False) for c in run.init_containers.values()]
+    initialized = all(
+        c.exit is not None and c.exit.exit_code == 0 and not c.running for c in run.init_containers.values()
+    )
+    statuses = [
+        _container_status(run, run.containers[spec["name"]], initialized)
+        for spec in run.pod["spec"].get("containers") or []
+    ]
+    phase = phase_of(str(run.pod["spec"].get("restartPolicy", "Always")), init, statuses)
+    ready = bool(statuses) and all(s["ready"] for s in statuses)
+    if run.rejection is not None:
+        phase, ready = "Failed", False
     now = _now()
     before = {c["type"]: c for c in (run.last_status or {}).get("conditions", [])}
 
-    def condition(kind: str, ok: bool, reason: str = "") -> dict[str, Any]:
+    def condition(kind: str, ok: bool, reason: str) -> dict[str, Any]:
         status = "True" if ok else "False"
         old = before.get(kind)
         since = old["lastTransitionTime"] if old and old["status"] == status else now
         cond = {"type": kind, "status": status, "lastProbeTime": None, "lastTransitionTime": since}
-        if reason and not ok:
+        if not ok:
             cond["reason"] = reason
         return cond
 
-    return {
+    status: dict[str, Any] = {
         "phase": phase,
         "conditions": [
-            condition("PodReadyToStartContainers", True),
-            condition("Initialized", True),
-            condition("Ready", ready, "ContainersNotReady"),
-            condition("ContainersReady", ready, "ContainersNotReady"),
-            condition("PodScheduled", True),
+            condition("PodReadyToStartContainers", True, ""),
+            condition("Initialized", initialized, "ContainersNotInitialized"),
+            condition("Ready", ready, "PodFailed" if phase == "Failed" else "ContainersNotReady"),
+            condition("ContainersReady", ready, "PodFailed" if phase == "Failed" else "ContainersNotReady"),
+            condition("PodScheduled", True, ""),
         ],
         "hostIP": node_ip,
         "hostIPs": [{"ip": node_ip}],
@@ -652,3 +780,11 @@ def pod_status(run: PodRun, node_ip: str) -> dict[str, Any]:
         "startTime": run.start_time,
         "containerStatuses": statuses,
     }
+    if init:
+        status["initContainerStatuses"] = init
+    if run.rejection is not None:
+        status["reason"] = run.rejection.reason
+        status["message"] = run.rejection.message
+        if not any(c.ever_started for c in run.all_containers()):
+            del status["containerStatuses"]  # refused before anything ran, as kubelet reports it
+    return status

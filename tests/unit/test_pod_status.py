@@ -9,35 +9,48 @@ import pytest
 from wasmlet.pods import ContainerRun, PodRun, _resume, pod_status
 
 
-def run_with(state: dict[str, Any], policy: str = "Always", ever_started: bool = True) -> PodRun:
+def run_with(
+    state: dict[str, Any],
+    policy: str = "Always",
+    ever_started: bool = True,
+    last: dict[str, Any] | None = None,
+) -> PodRun:
     pod = {
         "metadata": {"name": "p", "namespace": "default", "uid": "u1"},
         "spec": {"restartPolicy": policy, "containers": [{"name": "main", "image": "r/m:v1"}]},
     }
-    crun = ContainerRun("main", "r/m:v1", state=state, ever_started=ever_started)
+    crun = ContainerRun("main", "r/m:v1", state=state, last_state=last or {}, ever_started=ever_started)
     return PodRun(pod, {"main": crun})
 
 
 TERMINATED_0 = {"terminated": {"exitCode": 0, "reason": "Completed"}}
 TERMINATED_3 = {"terminated": {"exitCode": 3, "reason": "Error"}}
+BACK_OFF = {"waiting": {"reason": "CrashLoopBackOff"}}
 
 
 @pytest.mark.parametrize(
-    ("state", "policy", "ever_started", "phase", "ready"),
+    ("state", "last", "policy", "ever_started", "phase", "ready"),
     [
-        ({"waiting": {"reason": "ContainerCreating"}}, "Always", False, "Pending", False),
-        ({"waiting": {"reason": "ImagePullBackOff"}}, "Always", False, "Pending", False),
-        ({"running": {"startedAt": "2026-11-30T00:00:00Z"}}, "Always", True, "Running", True),
-        ({"waiting": {"reason": "CrashLoopBackOff"}}, "Always", True, "Running", False),
-        (TERMINATED_3, "Never", True, "Failed", False),
-        (TERMINATED_0, "Never", True, "Succeeded", False),
-        (TERMINATED_0, "OnFailure", True, "Succeeded", False),
+        ({"waiting": {"reason": "ContainerCreating"}}, None, "Always", False, "Pending", False),
+        ({"waiting": {"reason": "ImagePullBackOff"}}, None, "Always", False, "Pending", False),
+        ({"running": {"startedAt": "2026-11-30T00:00:00Z"}}, None, "Always", True, "Running", True),
+        (BACK_OFF, TERMINATED_3, "Always", True, "Running", False),
+        (BACK_OFF, TERMINATED_3, "OnFailure", True, "Running", False),
+        (BACK_OFF, TERMINATED_0, "Always", True, "Running", False),
+        (TERMINATED_3, None, "Never", True, "Failed", False),
+        (TERMINATED_0, None, "Never", True, "Succeeded", False),
+        (TERMINATED_0, None, "OnFailure", True, "Succeeded", False),
     ],
 )
-def test_phase_and_readiness_follow_the_kubelet(
-    state: dict[str, Any], policy: str, ever_started: bool, phase: str, ready: bool
+def test_phase_and_readiness_follow_the_kubelet(  # noqa: PLR0917
+    state: dict[str, Any],
+    last: dict[str, Any] | None,
+    policy: str,
+    ever_started: bool,
+    phase: str,
+    ready: bool,
 ) -> None:
-    status = pod_status(run_with(state, policy, ever_started), "127.0.0.2")
+    status = pod_status(run_with(state, policy, ever_started, last), "127.0.0.2")
     assert status["phase"] == phase
     conditions = {c["type"]: c["status"] for c in status["conditions"]}
     assert conditions["Ready"] == ("True" if ready else "False")

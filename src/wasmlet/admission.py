@@ -1,0 +1,118 @@
+"""Whether this node takes a pod, decided once when the pod first arrives, as kubelet's
+admission handlers do: pods that are not WebAssembly workloads are refused, and so are pods
+whose requests do not fit what the node has left (reasons ``OutOfpods``, ``OutOfcpu``,
+``OutOfmemory``, with kubelet's messages). A refused pod is Failed at once; it never waits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from wasmlet.quantity import parse_quantity
+
+WASM_TAINT_KEY = "kubernetes.io/arch"
+WASM_TAINT_VALUE = "wasm32-wasi"
+# Resources admitted against allocatable; cpu in millicores and memory in bytes, as kubelet
+# prints them in its messages.
+ADMITTED = ("cpu", "memory")
+
+
+@dataclass(frozen=True)
+class Rejection:
+    reason: str
+    message: str
+
+
+def _quantity(value: object, where: str) -> Decimal:
+    try:
+        return parse_quantity(str(value))
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from exc
+
+
+def _container_requests(container: Mapping[str, Any]) -> dict[str, Decimal]:
+    resources = container.get("resources") or {}
+    # A limit without a request requests the limit (the apiserver defaults it the same way).
+    merged = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
+    name = container.get("name", "?")
+    return {r: _quantity(merged[r], f"container {name} {r}") for r in ADMITTED if r in merged}
+
+
+def pod_requests(pod: Mapping[str, Any]) -> dict[str, Decimal]:
+    """What a pod requests: the larger of its containers' sum and its largest init container
+    (init containers run one at a time before the others), plus its overhead."""
+    spec = pod.get("spec") or {}
+    total = dict.fromkeys(ADMITTED, Decimal(0))
+    for container in spec.get("containers") or []:
+        for name, value in _container_requests(container).items():
+            total[name] += value
+    for container in spec.get("initContainers") or []:
+        for name, value in _container_requests(container).items():
+            total[name] = max(total[name], value)
+    for name, value in (spec.get("overhead") or {}).items():
+        if name in total:
+            total[name] += _quantity(value, f"overhead {name}")
+    return total
+
+
+def _show(resource: str, value: Decimal) -> str:
+    return str(int(value * 1000)) if resource == "cpu" else str(int(value))
+
+
+def fit(
+    pod: Mapping[str, Any], admitted: Iterable[Mapping[str, Any]], allocatable: Mapping[str, str]
+) -> Rejection | None:
+    """Kubelet's resource fit: the pod count, then each requested resource against allocatable."""
+    admitted = list(admitted)
+    pods_capacity = int(allocatable.get("pods", "110"))
+    if len(admitted) + 1 > pods_capacity:
+        return Rejection(
+            "OutOfpods",
+            f"Node didn't have enough resource: pods, requested: 1, used: {len(admitted)}, "
+            f"capacity: {pods_capacity}",
+        )
+    wanted = pod_requests(pod)
+    used = dict.fromkeys(ADMITTED, Decimal(0))
+    for other in admitted:
+        for name, value in pod_requests(other).items():
+            used[name] += value
+    for name in ADMITTED:
+        if wanted[name] == 0 or name not in allocatable:
+            continue
+        capacity = parse_quantity(str(allocatable[name]))
+        if used[name] + wanted[name] > capacity:
+            return Rejection(
+                f"OutOf{name}",
+                f"Node didn't have enough resource: {name}, requested: {_show(name, wanted[name])}, "
+                f"used: {_show(name, used[name])}, capacity: {_show(name, capacity)}",
+            )
+    return None
+
+
+def _tolerates_wasm(toleration: Mapping[str, Any]) -> bool:
+    if toleration.get("key") != WASM_TAINT_KEY:
+        return False
+    operator = toleration.get("operator") or "Equal"
+    return operator == "Exists" or toleration.get("value") == WASM_TAINT_VALUE
+
+
+def not_wasm(pod: Mapping[str, Any]) -> Rejection | None:
+    """A DaemonSet pod that landed here only because it tolerates every taint (kube-proxy,
+    CNI agents) is a Linux container workload: refuse it. A DaemonSet that names the wasm
+    taint in its tolerations is meant for wasm nodes and runs."""
+    owners = (pod.get("metadata") or {}).get("ownerReferences") or []
+    if not any(owner.get("kind") == "DaemonSet" for owner in owners):
+        return None
+    tolerations = (pod.get("spec") or {}).get("tolerations") or []
+    if any(_tolerates_wasm(t) for t in tolerations):
+        return None
+    meta = pod.get("metadata") or {}
+    return Rejection(
+        "NotWasm",
+        f"pod {meta.get('namespace')}/{meta.get('name')} belongs to a DaemonSet that does not tolerate "
+        f"{WASM_TAINT_KEY}={WASM_TAINT_VALUE} by name: it came here only by tolerating every taint, and "
+        "wasmlet runs only WebAssembly (wasm32-wasi) workloads",
+    )
