@@ -23,9 +23,10 @@ Exit codes and reasons, as the kubelet will report them:
 - the module could not start (invalid, unknown import, no ``_start``): 128, Error, the cause.
 - OOMKilled keeps the real exit code. wasmtime-py only exposes the static store limiter: a
   refused ``memory.grow`` returns -1 with no callback, so the refusal itself is invisible. A run
-  that fails (trap or non-zero exit) while its memory is within 1/16 of the limit (at least one
-  64 KiB page) is reported as OOMKilled; a single large allocation refused far below the limit
-  is reported as Error (its allocator usually says so on stderr). A module whose initial memory
+  that fails (trap or non-zero exit) while its memory is within 1/8 of the limit (at least one
+  64 KiB page: allocators grow in steps, 1 MiB and more, so the last refused step is often that
+  far from the limit) is reported as OOMKilled; a single large allocation refused far below the
+  limit is reported as Error (its allocator usually says so on stderr). A module whose initial memory
   exceeds the limit is OOMKilled without running.
 """
 
@@ -326,7 +327,7 @@ class Execution:
         return 0
 
     def _slack(self) -> int:
-        return max((self._spec.memory_limit_bytes or 0) // 16, WASM_PAGE)
+        return max((self._spec.memory_limit_bytes or 0) // 8, WASM_PAGE)
 
     def _over_limit(self, needed: int) -> bool:
         limit = self._spec.memory_limit_bytes
