@@ -433,14 +433,18 @@ class PodController:
             crun.image_id = pulled.digest
             return self.runtime.precompile(pulled.path)
         except oci.NotWasmError as exc:
-            message = f'Pod was rejected: image "{image}" is not a WebAssembly module: {exc}'
+            message = f'Pod was rejected: image "{image}" is not a WebAssembly module: {exc.cause}'
             self._reject(run, Rejection("NotWasm", message))
             return None
-        except (oci.PullError, ModuleError) as exc:
-            reason = getattr(exc, "reason", "ErrImagePull")
+        except ModuleError as exc:  # pulled, but wasmtime cannot run it
+            message = f"Error: {exc}"
+            crun.state = {"waiting": {"reason": "CreateContainerError", "message": str(exc)}}
+            self._event(run, "Warning", "Failed", message)
+            self._back_off(key, crun)
+            return None
+        except oci.PullError as exc:
             previous = crun.state.get("waiting", {}).get("reason")
-            if previous in {"ErrImagePull", "ImagePullBackOff"}:
-                reason = "ImagePullBackOff" if isinstance(exc, oci.PullError) else reason
+            reason = "ImagePullBackOff" if previous in {"ErrImagePull", "ImagePullBackOff"} else exc.reason
             message = f'Failed to pull image "{image}": {exc}'
             crun.state = {"waiting": {"reason": reason, "message": message}}
             self._event(run, "Warning", "Failed", message)

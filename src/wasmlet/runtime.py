@@ -269,7 +269,9 @@ class Execution:
             store = self._store()
             instance = ready.instantiate(store)
         except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
-            reason = "OOMKilled" if self._over_limit(_min_memory_bytes(ready.module)) else "Error"
+            # An unexported memory is not in the module's type information; wasmtime's refusal says it.
+            refused = "exceeds memory limits" in str(exc)
+            reason = "OOMKilled" if refused or self._over_limit(_min_memory_bytes(ready.module)) else "Error"
             return EXIT_START_FAILED, reason, f"cannot start {spec.module}: {_cause(exc)}"
         exports = instance.exports(store)
         exit_code, message = self._call_start(store, exports["_start"])

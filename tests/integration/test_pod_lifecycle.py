@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+import wasmtime
 from helpers import Pods, Registry, delete_quietly, push_wat, unique, wait_for
 
 from wasmlet.kubeapi import Client
@@ -169,17 +170,9 @@ def test_a_daemonset_pod_that_tolerates_everything_fails_as_not_wasm(
     assert "kubernetes.io/arch=wasm32-wasi" in pod["status"]["message"]
 
 
-def push_container_image(registry: Registry) -> str:
-    """An ordinary (Linux) container image: an OCI manifest with a gzipped tar layer."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        data = b"#!/bin/sh\necho hello\n"
-        info = tarfile.TarInfo("hello.sh")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    layer = gzip.compress(buf.getvalue())
-    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers"}}).encode()
-    repo = unique("nginx")
+def push_raw(registry: Registry, layer: bytes, layer_type: str, config: bytes, config_type: str) -> str:
+    """Push one manifest with one layer as it is, bypassing wasmlet's own checks."""
+    repo = unique("raw")
     with httpx.Client(base_url=f"http://{registry.host}") as http:
 
         def blob(content: bytes) -> str:
@@ -192,25 +185,33 @@ def push_container_image(registry: Registry) -> str:
         manifest = {
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": blob(config),
-                "size": len(config),
-            },
-            "layers": [
-                {
-                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": blob(layer),
-                    "size": len(layer),
-                }
-            ],
+            "config": {"mediaType": config_type, "digest": blob(config), "size": len(config)},
+            "layers": [{"mediaType": layer_type, "digest": blob(layer), "size": len(layer)}],
         }
         http.put(
-            f"/v2/{repo}/manifests/1.27",
+            f"/v2/{repo}/manifests/v1",
             content=json.dumps(manifest),
             headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
         ).raise_for_status()
-    return f"{registry.host}/{repo}:1.27"
+    return f"{registry.host}/{repo}:v1"
+
+
+def push_container_image(registry: Registry) -> str:
+    """An ordinary (Linux) container image: an OCI image config and a gzipped tar layer."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        data = b"#!/bin/sh\necho hello\n"
+        info = tarfile.TarInfo("hello.sh")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers"}}).encode()
+    return push_raw(
+        registry,
+        gzip.compress(buf.getvalue()),
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        config,
+        "application/vnd.oci.image.config.v1+json",
+    )
 
 
 def test_an_ordinary_container_image_fails_the_pod_as_not_wasm(pods: Pods, registry: Registry) -> None:
@@ -224,3 +225,39 @@ def test_an_ordinary_container_image_fails_the_pod_as_not_wasm(pods: Pods, regis
     )
     assert "application/vnd.oci.image.layer.v1.tar+gzip" in pod["status"]["message"]
 
+
+def push_module_bytes(registry: Registry, module: bytes) -> str:
+    return push_raw(registry, bytes(module), "application/wasm", b"{}", "application/vnd.wasm.config.v0+json")
+
+
+@pytest.mark.parametrize(
+    ("module", "cause"),
+    [
+        (b"this is not WebAssembly", "not a WebAssembly binary"),
+        (wasmtime.wat2wasm("(module)"), "no `_start` function"),
+        (
+            wasmtime.wat2wasm('(module (import "env" "launch_missiles" (func)) (func (export "_start")))'),
+            "launch_missiles",
+        ),
+    ],
+    ids=["garbage", "no-start", "unknown-import"],
+)
+def test_a_module_that_cannot_run_is_a_create_container_error(
+    pods: Pods, registry: Registry, module: bytes, cause: str
+) -> None:
+    name = unique("broken")
+    pods.create(name, push_module_bytes(registry, module))
+    waiting = pods.wait_state(name, "waiting", "CreateContainerError")
+    assert cause in waiting["message"]
+    assert pods.get(name)["status"]["phase"] == "Pending"
+    assert f"Error: {waiting['message']}" in [e["message"] for e in pods.events(name)]
+
+
+def test_a_module_whose_initial_memory_exceeds_its_limit_is_oomkilled_without_running(
+    pods: Pods, registry: Registry
+) -> None:
+    name = unique("enormous")
+    image = push_module_bytes(registry, wasmtime.wat2wasm('(module (memory 4096) (func (export "_start")))'))
+    pods.create(name, image, {"resources": {"limits": {"memory": "64Mi"}}}, restartPolicy="Never")
+    terminated = pods.wait_state(name, "terminated")
+    assert (terminated["exitCode"], terminated["reason"]) == (128, "OOMKilled")

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 import wasmtime
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from wasmlet.runtime import ExitStatus, ModuleError, RunSpec, Runtime
 
@@ -351,3 +353,20 @@ def test_preopened_directories_honour_read_only(runtime: Runtime, tmp_path: Path
     assert status.exit_code != 0 and not (shared / "new.txt").exists()
     status, _output = run(runtime, tmp_path, wat, preopens=[(shared, "/data", False)])
     assert status.exit_code == 0 and (shared / "new.txt").exists()
+
+
+_HEADER = b"\0asm\x01\0\0\0"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.binary(max_size=256), with_header=st.booleans())
+def test_any_bytes_either_compile_or_fail_with_module_error(
+    runtime: Runtime, tmp_path: Path, body: bytes, with_header: bool
+) -> None:
+    """Malformed modules never take the node down: precompile answers ModuleError, nothing else."""
+    path = tmp_path / "fuzz.wasm"
+    path.write_bytes((_HEADER if with_header else b"") + body)
+    try:
+        runtime.precompile(path)
+    except ModuleError as exc:
+        assert str(path) in str(exc)
