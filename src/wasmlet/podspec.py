@@ -10,12 +10,18 @@ order, then ``env`` entries in order, each literal ``value`` expanded against ev
 far (then the service variables), each ``valueFrom`` resolved from a ConfigMap, a Secret, the
 pod's fields (downward API) or the container's resources. Its :class:`EnvError` messages are
 kubelet's, so they can be the container's ``CreateContainerConfigError`` message as they are.
+
+The downward API is shared with downwardAPI volumes (:mod:`wasmlet.volumes`): :func:`field_value`
+(an env ``fieldRef``), :func:`volume_field_value` (a volume file's ``fieldRef``: metadata only,
+whole label/annotation maps rendered by :func:`format_map`) and :func:`resource_value` (a
+``resourceFieldRef``).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 from collections import ChainMap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -242,11 +248,9 @@ class _Resolver:
         self.container = container
         self.sources = sources
         self.metadata = _object(pod.get("metadata"), "pod metadata", missing_ok=True)
-        self.spec = _object(pod.get("spec"), "pod spec", missing_ok=True)
         self.namespace = _string(self.metadata, "namespace", "pod metadata") or "default"
         self.host_ips = host_ips
-        self.pod_ips = _sort_pod_ips(pod_ips, host_ips)
-        self.pod_ip = self.pod_ips[0] if self.pod_ips else (pod_ips[0] if pod_ips else "")
+        self.raw_pod_ips = pod_ips
         self.allocatable = allocatable
         self.strict_env_names = strict_env_names
         self.configmaps: dict[str, Mapping[str, str] | None] = {}
@@ -405,112 +409,242 @@ class _Resolver:
             raise EnvError(f"couldn't find key {key} in Secret {self.namespace}/{name}")
         return self.secret_value(name, key, data[key])
 
-    # -- downward API: pod fields (podFieldSelectorRuntimeValue) --
+    # -- downward API (the shared logic is in the module's public functions) --
 
     def field(self, ref: Mapping[str, Any], where: str) -> str:
         path = _required(ref, "fieldPath", where)
         version = _string(ref, "apiVersion", where) or "v1"
-        if version != "v1":
-            raise EnvError(f"unsupported pod version: {version}")
-        subscripted = split_subscripted_path(path)
-        if subscripted is not None:
-            base, key = subscripted
-            if base not in ("metadata.annotations", "metadata.labels"):
-                raise EnvError(f"field label does not support subscript: {path}")
-            errors = qualified_name_errors(key.lower() if base == "metadata.annotations" else key)
-            if errors:
-                raise EnvError(f"invalid key subscript in {path}: {';'.join(errors)}")
-            values = _object(self.metadata.get(base.split(".")[1]), f"pod {base}", missing_ok=True)
-            return _string(values, key, f"pod {base}")
-        if path == "spec.host":  # old v1 clients' name for spec.nodeName
-            path = "spec.nodeName"
-        if path not in _FIELD_LABELS:
-            raise EnvError(f"field label not supported: {path}")
-        if path in ("status.hostIP", "status.hostIPs") and not self.host_ips:
-            raise EnvError("host IP unknown; known addresses: []")
-        fields = {
-            "spec.nodeName": lambda: _string(self.spec, "nodeName", "pod spec"),
-            "spec.serviceAccountName": lambda: _string(self.spec, "serviceAccountName", "pod spec"),
-            "status.hostIP": lambda: self.host_ips[0],
-            "status.hostIPs": lambda: ",".join(self.host_ips),
-            "status.podIP": lambda: self.pod_ip,
-            "status.podIPs": lambda: ",".join(self.pod_ips),
-            "metadata.name": lambda: _string(self.metadata, "name", "pod metadata"),
-            "metadata.namespace": lambda: self.namespace,
-            "metadata.uid": lambda: _string(self.metadata, "uid", "pod metadata"),
-        }
-        if path not in fields:
-            # Whole label/annotation maps are for downwardAPI volumes (the API server refuses them
-            # for env); spec.restartPolicy, spec.schedulerName and status.phase for selectors only.
-            raise EnvError(f"unsupported fieldPath: {path}")
-        return fields[path]()
-
-    # -- downward API: container resources (containerResourceRuntimeValue) --
+        return field_value(
+            self.pod, path, api_version=version, host_ips=self.host_ips, pod_ips=self.raw_pod_ips
+        )
 
     def resource_field(self, ref: Mapping[str, Any], where: str) -> str:
         resource = _required(ref, "resource", where)
         container_name = _string(ref, "containerName", where)
-        divisor = Decimal(0)
-        if ref.get("divisor") is not None:
-            divisor = _quantity(ref["divisor"], f"{where}.divisor")
-        if divisor == 0:
-            divisor = Decimal(1)
-        if container_name:
-            target, defaulted = self.find_container(container_name)
-        else:
-            target, defaulted = self.container, True
-        if resource in _RESOURCE_FIELDS:
-            kind, name = _RESOURCE_FIELDS[resource]
-        else:
-            kind, _dot, name = resource.partition(".")
-            if kind not in ("limits", "requests") or not name.startswith(_HUGEPAGES_PREFIX):
-                raise EnvError(f"unsupported container resource : {resource}")
-        value = self.container_resource(target, kind, name, defaulted)
-        return str(ceil_ratio(value, divisor))
+        return resource_value(
+            self.pod,
+            container_name,
+            resource,
+            divisor=ref.get("divisor"),
+            allocatable=self.allocatable,
+            container=None if container_name else self.container,
+            where=where,
+        )
 
-    def find_container(self, name: str) -> tuple[Mapping[str, Any], bool]:
-        """The named container, and whether kubelet defaults its limits (not for init containers)."""
-        for field, defaulted in (("containers", True), ("initContainers", False)):
-            items = self.spec.get(field) or []
-            if not isinstance(items, list | tuple):
-                raise EnvError(f"pod spec: {field} must be a list, not {_kind(items)}")
-            for item in items:
-                if isinstance(item, Mapping) and item.get("name") == name:
-                    return item, defaulted
-        raise EnvError(f"container {name} not found")
 
-    def container_resource(
-        self, container: Mapping[str, Any], kind: str, name: str, defaulted: bool
-    ) -> Decimal:
-        cname = container.get("name")
-        where = f"container {cname} resources"
-        resources = _object(container.get("resources"), where, missing_ok=True)
-        limits = _object(resources.get("limits"), f"{where}.limits", missing_ok=True)
-        limit = _quantity(limits[name], f"{where}.limits.{name}") if limits.get(name) is not None else None
-        if kind == "requests":
-            requests = _object(resources.get("requests"), f"{where}.requests", missing_ok=True)
-            if requests.get(name) is not None:
-                return _quantity(requests[name], f"{where}.requests.{name}")
-            # The API server defaults an unset request to the limit (before any node defaulting).
-            return limit if limit is not None else Decimal(0)
-        if (limit is None or limit == 0) and defaulted and name in _DEFAULTED_LIMITS:
-            fallback = self.default_limit(name)
-            if fallback is not None:
-                return fallback
+# --- downward API: pod fields and container resources, for env and downwardAPI volumes ---------
+
+
+def field_value(
+    pod: Mapping[str, Any],
+    field_path: str,
+    *,
+    api_version: str = "v1",
+    host_ips: Sequence[str] = (),
+    pod_ips: Sequence[str] = (),
+) -> str:
+    """A pod field as an env ``fieldRef`` reads it (kubelet's podFieldSelectorRuntimeValue).
+
+    ``host_ips`` and ``pod_ips`` as for :func:`resolve_environment`. Whole label/annotation maps
+    are refused (the API server refuses them for env); :func:`volume_field_value` renders them.
+    Raises :class:`EnvError` with kubelet's message.
+    """
+    if api_version != "v1":
+        raise EnvError(f"unsupported pod version: {api_version}")
+    metadata = _object(_object(pod, "pod").get("metadata"), "pod metadata", missing_ok=True)
+    spec = _object(pod.get("spec"), "pod spec", missing_ok=True)
+    subscripted = split_subscripted_path(field_path)
+    if subscripted is not None:
+        if subscripted[0] not in ("metadata.annotations", "metadata.labels"):
+            raise EnvError(f"field label does not support subscript: {field_path}")
+        return volume_field_value(pod, field_path)
+    path = "spec.nodeName" if field_path == "spec.host" else field_path  # old v1 clients' name
+    if path not in _FIELD_LABELS:
+        raise EnvError(f"field label not supported: {path}")
+    hosts = _strings(host_ips, "host_ips")
+    if path in ("status.hostIP", "status.hostIPs") and not hosts:
+        raise EnvError("host IP unknown; known addresses: []")
+    given_pod_ips = _strings(pod_ips, "pod_ips")
+    sorted_pod_ips = _sort_pod_ips(given_pod_ips, hosts)
+    pod_ip = sorted_pod_ips[0] if sorted_pod_ips else (given_pod_ips[0] if given_pod_ips else "")
+    fields = {
+        "spec.nodeName": lambda: _string(spec, "nodeName", "pod spec"),
+        "spec.serviceAccountName": lambda: _string(spec, "serviceAccountName", "pod spec"),
+        "status.hostIP": lambda: hosts[0],
+        "status.hostIPs": lambda: ",".join(hosts),
+        "status.podIP": lambda: pod_ip,
+        "status.podIPs": lambda: ",".join(sorted_pod_ips),
+        "metadata.name": lambda: _string(metadata, "name", "pod metadata"),
+        "metadata.namespace": lambda: _string(metadata, "namespace", "pod metadata") or "default",
+        "metadata.uid": lambda: _string(metadata, "uid", "pod metadata"),
+    }
+    if path not in fields:
+        # Whole label/annotation maps are for downwardAPI volumes (the API server refuses them
+        # for env); spec.restartPolicy, spec.schedulerName and status.phase for selectors only.
+        raise EnvError(f"unsupported fieldPath: {path}")
+    return fields[path]()
+
+
+def volume_field_value(pod: Mapping[str, Any], field_path: str) -> str:
+    """A pod field as a downwardAPI volume file holds it (fieldpath.ExtractFieldPathAsString).
+
+    Only metadata: ``name``, ``namespace``, ``uid``, one label or annotation
+    (``metadata.labels['k']``; "" when unset) or the whole map (:func:`format_map`).
+    Raises :class:`EnvError` with kubelet's message.
+    """
+    metadata = _object(_object(pod, "pod").get("metadata"), "pod metadata", missing_ok=True)
+    subscripted = split_subscripted_path(field_path)
+    if subscripted is not None:
+        base, key = subscripted
+        if base not in ("metadata.annotations", "metadata.labels"):
+            raise EnvError(f'fieldPath "{field_path}" does not support subscript')
+        errors = qualified_name_errors(key.lower() if base == "metadata.annotations" else key)
+        if errors:
+            raise EnvError(f"invalid key subscript in {field_path}: {';'.join(errors)}")
+        values = _object(metadata.get(base.split(".")[1]), f"pod {base}", missing_ok=True)
+        return _string(values, key, f"pod {base}")
+    if field_path in ("metadata.annotations", "metadata.labels"):
+        values = _object(metadata.get(field_path.split(".")[1]), f"pod {field_path}", missing_ok=True)
+        return format_map({str(k): _string(values, k, f"pod {field_path}") for k in values})
+    if field_path in ("metadata.name", "metadata.namespace", "metadata.uid"):
+        return _string(metadata, field_path.split(".")[1], "pod metadata")
+    raise EnvError(f"unsupported fieldPath: {field_path}")
+
+
+def format_map(values: Mapping[str, str]) -> str:
+    """apimachinery's FormatMap: ``key="value"`` lines sorted by key, values Go-quoted, no final newline."""
+    return "\n".join(f"{key}={go_quote(values[key])}" for key in sorted(values))
+
+
+_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
+
+
+def go_quote(text: str) -> str:
+    """Go's strconv.Quote: a double-quoted literal, printable runes kept, the others escaped.
+
+    A lone surrogate (JSON can carry one; Go decodes it as U+FFFD) is written as U+FFFD.
+    """
+    out = ['"']
+    for ch in text:
+        code = ord(ch)
+        if ch in ('"', "\\"):
+            out.append("\\" + ch)
+        elif ch in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[ch])
+        elif 0xD800 <= code <= 0xDFFF:
+            out.append("\ufffd")
+        elif ch == " " or (code > 0x20 and code != 0x7F and _printable(ch)):
+            out.append(ch)
+        elif code < 0x80:
+            out.append(f"\\x{code:02x}")
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    out.append('"')
+    return "".join(out)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def utf8(text: str) -> bytes:
+    """``text`` in UTF-8 as Go has it: a lone surrogate (JSON can carry one) is U+FFFD."""
+    return _SURROGATE.sub("\ufffd", text).encode("utf-8")
+
+
+def _printable(ch: str) -> bool:
+    """Go's unicode.IsPrint but for the space: letters, marks, numbers, punctuation, symbols."""
+    return unicodedata.category(ch)[0] in "LMNPS"
+
+
+def resource_value(
+    pod: Mapping[str, Any],
+    container_name: str,
+    resource: str,
+    *,
+    divisor: object = None,
+    allocatable: Mapping[str, Any] | None = None,
+    container: Mapping[str, Any] | None = None,
+    where: str = "resourceFieldRef",
+) -> str:
+    """A container's resource as the downward API reads it (containerResourceRuntimeValue).
+
+    ``container_name`` names a container or init container of ``pod``; ``container`` (when
+    given) is used instead of looking it up. ``divisor`` is a quantity (unset or zero: 1);
+    ``allocatable`` is the node's (what an unset cpu, memory or ephemeral-storage limit of a
+    regular container reads as, after the pod-level limit). The value is rounded up, as kubelet
+    does. Raises :class:`EnvError` with kubelet's message (``where`` prefixes a bad divisor's).
+    """
+    spec = _object(_object(pod, "pod").get("spec"), "pod spec", missing_ok=True)
+    parsed = Decimal(0) if divisor is None else _quantity(divisor, f"{where}.divisor")
+    if parsed == 0:
+        parsed = Decimal(1)
+    if container is not None:
+        target, defaulted = _object(container, "container"), True
+    else:
+        target, defaulted = _find_container(spec, container_name)
+    if resource in _RESOURCE_FIELDS:
+        kind, name = _RESOURCE_FIELDS[resource]
+    else:
+        kind, _dot, name = resource.partition(".")
+        if kind not in ("limits", "requests") or not name.startswith(_HUGEPAGES_PREFIX):
+            raise EnvError(f"unsupported container resource : {resource}")
+    value = _container_resource(spec, allocatable or {}, target, kind=kind, name=name, defaulted=defaulted)
+    return str(ceil_ratio(value, parsed))
+
+
+def _find_container(spec: Mapping[str, Any], name: str) -> tuple[Mapping[str, Any], bool]:
+    """The named container, and whether kubelet defaults its limits (not for init containers)."""
+    for field, defaulted in (("containers", True), ("initContainers", False)):
+        items = spec.get(field) or []
+        if not isinstance(items, list | tuple):
+            raise EnvError(f"pod spec: {field} must be a list, not {_kind(items)}")
+        for item in items:
+            if isinstance(item, Mapping) and item.get("name") == name:
+                return item, defaulted
+    raise EnvError(f"container {name} not found")
+
+
+def _container_resource(
+    spec: Mapping[str, Any],
+    allocatable: Mapping[str, Any],
+    container: Mapping[str, Any],
+    *,
+    kind: str,
+    name: str,
+    defaulted: bool,
+) -> Decimal:
+    cname = container.get("name")
+    where = f"container {cname} resources"
+    resources = _object(container.get("resources"), where, missing_ok=True)
+    limits = _object(resources.get("limits"), f"{where}.limits", missing_ok=True)
+    limit = _quantity(limits[name], f"{where}.limits.{name}") if limits.get(name) is not None else None
+    if kind == "requests":
+        requests = _object(resources.get("requests"), f"{where}.requests", missing_ok=True)
+        if requests.get(name) is not None:
+            return _quantity(requests[name], f"{where}.requests.{name}")
+        # The API server defaults an unset request to the limit (before any node defaulting).
         return limit if limit is not None else Decimal(0)
+    if (limit is None or limit == 0) and defaulted and name in _DEFAULTED_LIMITS:
+        fallback = _default_limit(spec, allocatable, name)
+        if fallback is not None:
+            return fallback
+    return limit if limit is not None else Decimal(0)
 
-    def default_limit(self, name: str) -> Decimal | None:
-        """defaultPodLimitsForDownwardAPI: the pod-level limit, else the node's allocatable."""
-        if self.allocatable.get(name) is None:
-            return None
-        if name in _POD_LEVEL_RESOURCES:
-            resources = _object(self.spec.get("resources"), "pod spec resources", missing_ok=True)
-            limits = _object(resources.get("limits"), "pod spec resources.limits", missing_ok=True)
-            if limits.get(name) is not None:
-                pod_limit = _quantity(limits[name], f"pod spec resources.limits.{name}")
-                if pod_limit != 0:
-                    return pod_limit
-        return _quantity(self.allocatable[name], f"node allocatable {name}")
+
+def _default_limit(spec: Mapping[str, Any], allocatable: Mapping[str, Any], name: str) -> Decimal | None:
+    """defaultPodLimitsForDownwardAPI: the pod-level limit, else the node's allocatable."""
+    if allocatable.get(name) is None:
+        return None
+    if name in _POD_LEVEL_RESOURCES:
+        resources = _object(spec.get("resources"), "pod spec resources", missing_ok=True)
+        limits = _object(resources.get("limits"), "pod spec resources.limits", missing_ok=True)
+        if limits.get(name) is not None:
+            pod_limit = _quantity(limits[name], f"pod spec resources.limits.{name}")
+            if pod_limit != 0:
+                return pod_limit
+    return _quantity(allocatable[name], f"node allocatable {name}")
 
 
 def split_subscripted_path(path: str) -> tuple[str, str] | None:

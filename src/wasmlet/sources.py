@@ -1,8 +1,10 @@
-"""ConfigMaps and Secrets a pod refers to, read from the apiserver with the node's identity.
+"""ConfigMaps, Secrets and service account tokens a pod refers to, from the apiserver.
 
-The Node authorizer lets a node read only the ConfigMaps and Secrets of pods bound to it, so
-every read is one GET; a missing object is ``None`` (the caller decides whether that is an
-error), any other failure is an :class:`~wasmlet.podspec.EnvError` worded like kubelet's.
+Everything is read with the node's identity. The Node authorizer lets a node read only the
+ConfigMaps and Secrets of pods bound to it, and request tokens only for the service accounts of
+those pods, bound to the pod. Every read is one GET; a missing object is ``None`` (the caller
+decides whether that is an error), any other failure is an :class:`~wasmlet.podspec.EnvError`
+worded like kubelet's.
 """
 
 from __future__ import annotations
@@ -10,20 +12,22 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
 
 import httpx
 
 from wasmlet.kubeapi import ApiError, Client
-from wasmlet.podspec import EnvError
+from wasmlet.podspec import EnvError, utf8
 
 
 class ApiSources:
-    """:class:`wasmlet.podspec.Sources` backed by the apiserver."""
+    """:class:`wasmlet.podspec.Sources` and :class:`wasmlet.volumes.VolumeSources` backed by the apiserver."""
 
     def __init__(self, client: Client) -> None:
         self.client = client
 
-    def _get(self, kind: str, namespace: str, name: str) -> Mapping[str, object] | None:
+    def _get(self, kind: str, namespace: str, name: str) -> Mapping[str, Any] | None:
         try:
             obj = self.client.get(f"/api/v1/namespaces/{namespace}/{kind}s/{name}")
         except ApiError as exc:
@@ -32,18 +36,76 @@ class ApiSources:
             raise EnvError(f"failed to get {kind} {namespace}/{name}: {exc}") from exc
         except (OSError, httpx.HTTPError) as exc:
             raise EnvError(f"failed to get {kind} {namespace}/{name}: {exc}") from exc
-        data = obj.get("data") if isinstance(obj, dict) else None
+        return obj if isinstance(obj, dict) else {}
+
+    @staticmethod
+    def _map(obj: Mapping[str, Any], field: str) -> dict[str, Any]:
+        data = obj.get(field)
         return data if isinstance(data, dict) else {}
 
-    def configmap(self, namespace: str, name: str) -> Mapping[str, str] | None:
-        data = self._get("configmap", namespace, name)
-        return None if data is None else {str(k): str(v) for k, v in data.items()}
-
-    def secret(self, namespace: str, name: str) -> Mapping[str, bytes] | None:
-        data = self._get("secret", namespace, name)
-        if data is None:
-            return None
+    @staticmethod
+    def _decoded(data: Mapping[str, Any], what: str) -> dict[str, bytes]:
         try:
             return {str(k): base64.b64decode(str(v), validate=True) for k, v in data.items()}
         except (binascii.Error, ValueError) as exc:
-            raise EnvError(f"secret {namespace}/{name}: data is not base64: {exc}") from exc
+            raise EnvError(f"{what} is not base64: {exc}") from exc
+
+    def configmap(self, namespace: str, name: str) -> Mapping[str, str] | None:
+        obj = self._get("configmap", namespace, name)
+        return None if obj is None else {str(k): str(v) for k, v in self._map(obj, "data").items()}
+
+    def configmap_files(self, namespace: str, name: str) -> Mapping[str, bytes] | None:
+        """The ConfigMap as a volume shows it: ``data`` (UTF-8) and ``binaryData`` (decoded)."""
+        obj = self._get("configmap", namespace, name)
+        if obj is None:
+            return None
+        files = {str(k): utf8(str(v)) for k, v in self._map(obj, "data").items()}
+        binary = self._decoded(self._map(obj, "binaryData"), f"configmap {namespace}/{name}: binaryData")
+        return {**files, **binary}
+
+    def secret(self, namespace: str, name: str) -> Mapping[str, bytes] | None:
+        obj = self._get("secret", namespace, name)
+        if obj is None:
+            return None
+        return self._decoded(self._map(obj, "data"), f"secret {namespace}/{name}: data")
+
+    def token(
+        self,
+        namespace: str,
+        service_account: str,
+        *,
+        pod_name: str,
+        pod_uid: str,
+        audience: str,
+        expiration_seconds: int,
+    ) -> tuple[str, datetime]:
+        """A token for ``service_account`` bound to the pod (TokenRequest), and when it expires.
+
+        ``audience`` "" asks for the apiserver's own audiences. Raises :class:`EnvError`
+        (``failed to fetch token: ...``, kubelet's words) without the token in it.
+        """
+        spec: dict[str, Any] = {
+            "expirationSeconds": expiration_seconds,
+            "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": pod_name, "uid": pod_uid},
+        }
+        if audience:
+            spec["audiences"] = [audience]
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
+        path = f"/api/v1/namespaces/{namespace}/serviceaccounts/{service_account}/token"
+        try:
+            answer = self.client.post(path, body)
+        except ApiError as exc:
+            message = exc.body.get("message") if isinstance(exc.body, dict) else None
+            raise EnvError(f"failed to fetch token: {message or exc}") from exc
+        except (OSError, httpx.HTTPError) as exc:
+            raise EnvError(f"failed to fetch token: {exc}") from exc
+        status = answer.get("status") if isinstance(answer, dict) else None
+        token = status.get("token") if isinstance(status, dict) else None
+        expires = status.get("expirationTimestamp") if isinstance(status, dict) else None
+        if not isinstance(token, str) or not token or not isinstance(expires, str):
+            raise EnvError("failed to fetch token: the TokenRequest answer has no status.token")
+        try:
+            expires_at = datetime.fromisoformat(expires)
+        except ValueError as exc:
+            raise EnvError(f"failed to fetch token: bad expirationTimestamp {expires!r}") from exc
+        return token, expires_at
