@@ -385,7 +385,8 @@ class PodController:
         env = self._environment(key, run, crun, spec)
         if env is None:
             return
-        self._start(key, run, crun, module, argv=podspec.argv(spec, env), env=env, memory=_memory_limit(spec))
+        limits = (spec.get("resources") or {}).get("limits") or {}
+        self._start(key, run, crun, module, argv=podspec.argv(spec, env), env=env, limits=limits)
 
     def _environment(
         self, key: str, run: PodRun, crun: ContainerRun, spec: dict[str, Any]
@@ -467,7 +468,7 @@ class PodController:
         *,
         argv: list[str],
         env: dict[str, str],
-        memory: int | None,
+        limits: dict[str, Any],
     ) -> None:
         namespace, name = run.pod["metadata"]["namespace"], run.pod["metadata"]["name"]
         if crun.ever_started and crun.exit is not None:
@@ -483,7 +484,9 @@ class PodController:
             module=module,
             argv=argv,
             env=env,
-            memory_limit_bytes=memory,
+            # limits.memory caps the linear memories; limits.cpu is a CFS-like quota per 100 ms.
+            memory_limit_bytes=int(parse_quantity(str(limits["memory"]))) if "memory" in limits else None,
+            cpu_limit=float(parse_quantity(str(limits["cpu"]))) if "cpu" in limits else None,
             stdout=writer.stdout,
             stderr=writer.stderr,
             name=f"{key}/{crun.name}",
@@ -659,12 +662,6 @@ def _recorded_exit(terminated: dict[str, Any]) -> ExitStatus:
         parse(terminated.get("startedAt")),
         parse(terminated.get("finishedAt")),
     )
-
-
-def _memory_limit(spec: dict[str, Any]) -> int | None:
-    """``resources.limits.memory`` in bytes: the cap on the module's linear memories."""
-    limit = ((spec.get("resources") or {}).get("limits") or {}).get("memory")
-    return int(parse_quantity(str(limit))) if limit else None
 
 
 def _unsupported(spec: dict[str, Any]) -> str:

@@ -10,7 +10,16 @@ then runs in every store that is executing wasm: it traps the stopped one and re
 deadline for the others (one cheap callback each per stop). A module blocked in a sleep cannot
 be reached by epochs, so ``wasi_snapshot_preview1.poll_oneoff`` is shadowed by
 :mod:`wasmlet.wasi_poll`, which sleeps on the execution's stop Event; woken by it, the host call
-raises and the module traps right there. The callback is registered through ``wasmtime._ffi``
+raises and the module traps right there.
+
+CPU limits (``RunSpec.cpu_limit``, cores) are enforced the way the kernel's CFS quota is: in
+every 100 ms period a module may use ``cpu_limit * 100 ms`` of CPU time on its thread; past
+that, its epoch-deadline callback sleeps until the period ends. While any limited module runs,
+a ticker thread moves the engine epoch every 5 ms so that the callbacks run; with none, it
+stops and the epoch is again only moved by ``stop()``. The overshoot per period is at most
+one tick (5 ms of CPU).
+
+The callback is registered through ``wasmtime._ffi``
 (``wasmtime_store_epoch_deadline_callback`` of the C API) because wasmtime-py 50 does not wrap
 it. WASI preview1 has no signals, so there is no graceful phase: ``stop()`` kills at once.
 
@@ -56,6 +65,8 @@ EXIT_START_FAILED = 128
 EXIT_TRAPPED = 134
 EXIT_KILLED = 137
 WASM_PAGE = 65536
+CPU_PERIOD = 0.1  # seconds, as CFS's default cpu.cfs_period_us
+CPU_TICK = 0.005  # seconds between epoch ticks while a CPU-limited module runs
 MESSAGE_LIMIT = 1024
 
 _DEADLINE_CALLBACK = ctypes.CFUNCTYPE(
@@ -82,6 +93,7 @@ class RunSpec:
     stderr: Callable[[bytes], None]  # each chunk the module writes to fd 2
     preopens: Sequence[tuple[Path, str, bool]] = ()  # (host dir, guest path, read_only)
     memory_limit_bytes: int | None = None
+    cpu_limit: float | None = None  # cores (limits.cpu); None: not throttled
     name: str = ""  # e.g. "default/simpleserver/main", for the thread name and log records
 
 
@@ -103,6 +115,9 @@ class Runtime:
         self._lock = threading.Lock()
         self._ready: dict[Path, wasmtime.InstancePre] = {}
         self._executions: set[Execution] = set()
+        self._throttled = 0  # running executions with a cpu_limit: the ticker runs while > 0
+        self._ticker_alive = False
+        self._ticking = threading.Condition(self._lock)
         self._current = threading.local()  # .execution: the Execution running on this thread
         self._linker = wasmtime.Linker(self._engine)
         self._linker.define_wasi()
@@ -146,6 +161,22 @@ class Runtime:
         thread_name = spec.name or f"wasm {spec.module.name}"
         threading.Thread(target=execution._run, name=thread_name, daemon=True).start()
         return execution
+
+    def _throttle(self, add: int) -> None:
+        """Count a CPU-limited execution in (+1) or out (-1); start the ticker for the first."""
+        with self._ticking:
+            self._throttled += add
+            if self._throttled > 0 and not self._ticker_alive:
+                self._ticker_alive = True
+                threading.Thread(target=self._tick, name="wasm cpu ticker", daemon=True).start()
+            self._ticking.notify_all()
+
+    def _tick(self) -> None:
+        with self._ticking:
+            while self._throttled > 0:
+                self._ticking.wait(CPU_TICK)
+                self._engine.increment_epoch()
+            self._ticker_alive = False
 
     def close(self) -> None:
         """Stop every execution, wait briefly for them, and drop the module cache."""
@@ -220,6 +251,8 @@ class Execution:
         self._status: ExitStatus | None = None
         self._monotonic_origin_ns = 0
         self._deadline_callback = _DEADLINE_CALLBACK(self._on_epoch_deadline)  # alive as long as us
+        self._period_start = 0.0  # CFS-like quota accounting (cpu_limit only)
+        self._period_cpu = 0.0
 
     def stop(self, grace: float) -> None:
         """Kill the module now (WASI preview1 has no signal to ask it first); returns at once.
@@ -244,11 +277,18 @@ class Execution:
     def _run(self) -> None:
         started_at = datetime.now(UTC)
         self._runtime._current.execution = self
+        limited = self._spec.cpu_limit is not None
+        if limited:
+            self._period_start, self._period_cpu = time.monotonic(), time.thread_time()
+            self._runtime._throttle(+1)
         try:
             exit_code, reason, message = self._execute()
         except Exception as exc:  # a bug here must still end in on_exit
             log.exception("%s: runtime failure", self.name)
             exit_code, reason, message = EXIT_START_FAILED, "Error", f"wasmlet runtime failure: {exc}"
+        finally:
+            if limited:
+                self._runtime._throttle(-1)
         self._status = ExitStatus(exit_code, reason, message, started_at, datetime.now(UTC))
         log.info("%s: exited with %d (%s) %s", self.name, exit_code, reason, message)
         try:
@@ -321,12 +361,25 @@ class Execution:
 
     def _on_epoch_deadline(self, _context: Any, _data: Any, delta: Any, kind: Any) -> int:
         """Called on this execution's thread whenever the engine epoch passed its deadline."""
+        if self._spec.cpu_limit is not None and not self._stopping.is_set():
+            self._enforce_quota(self._spec.cpu_limit)
         if self._stopping.is_set():
             error = ffi.wasmtime_error_new(b"stopped by the kubelet")
             return ctypes.cast(error, ctypes.c_void_p).value or 0
         delta[0] = 1
         kind[0] = _UPDATE_DEADLINE_CONTINUE
         return 0
+
+    def _enforce_quota(self, cores: float) -> None:
+        """Sleep out the rest of the period once this period's CPU quota is used (on our thread)."""
+        now = time.monotonic()
+        if now - self._period_start >= CPU_PERIOD:
+            self._period_start, self._period_cpu = now, time.thread_time()
+            return
+        if time.thread_time() - self._period_cpu < cores * CPU_PERIOD:
+            return
+        self._stopping.wait(self._period_start + CPU_PERIOD - now)
+        self._period_start, self._period_cpu = time.monotonic(), time.thread_time()
 
     def _slack(self) -> int:
         return max((self._spec.memory_limit_bytes or 0) // 8, WASM_PAGE)

@@ -9,7 +9,9 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -226,7 +228,7 @@ def test_an_ordinary_container_image_fails_the_pod_as_not_wasm(pods: Pods, regis
     assert "application/vnd.oci.image.layer.v1.tar+gzip" in pod["status"]["message"]
 
 
-def push_module_bytes(registry: Registry, module: bytes) -> str:
+def push_module_bytes(registry: Registry, module: bytes | bytearray) -> str:
     return push_raw(registry, bytes(module), "application/wasm", b"{}", "application/vnd.wasm.config.v0+json")
 
 
@@ -261,3 +263,21 @@ def test_a_module_whose_initial_memory_exceeds_its_limit_is_oomkilled_without_ru
     pods.create(name, image, {"resources": {"limits": {"memory": "64Mi"}}}, restartPolicy="Never")
     terminated = pods.wait_state(name, "terminated")
     assert (terminated["exitCode"], terminated["reason"]) == (128, "OOMKilled")
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def test_limits_cpu_throttles_a_spinning_module(pods: Pods, registry: Registry, tmp_path: Path) -> None:
+    name = unique("spin")
+    pods.create(name, push_wat(registry, "spin", tmp_path), {"resources": {"limits": {"cpu": "200m"}}})
+    pods.wait_state(name, "running")
+    pid = pods.node.process.pid
+    before, start = _cpu_seconds(pid), time.monotonic()
+    time.sleep(3)
+    cores = (_cpu_seconds(pid) - before) / (time.monotonic() - start)
+    # The node's whole process: the module's 0.2 cores plus the agent's own (small) share.
+    assert cores < 0.35, cores
+    assert cores > 0.1, cores

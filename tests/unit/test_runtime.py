@@ -370,3 +370,35 @@ def test_any_bytes_either_compile_or_fail_with_module_error(
         runtime.precompile(path)
     except ModuleError as exc:
         assert str(path) in str(exc)
+
+
+def _cpu_seconds_of(name: str, runtime: Runtime, tmp_path: Path, cores: float | None) -> float:
+    """CPU time a spinning module gets in 1.5 s of wall time with ``cores`` as its limit."""
+    out = Output()
+    module = runtime.precompile(wasm_file(tmp_path, SPIN))
+    before = time.process_time()
+    execution = runtime.start(spec(module, out, cpu_limit=cores, name=name), out.on_exit)
+    time.sleep(1.5)
+    execution.stop(1)
+    assert execution.wait(2) is not None
+    return time.process_time() - before
+
+
+def test_cpu_limit_throttles_a_spinning_module_to_its_quota(runtime: Runtime, tmp_path: Path) -> None:
+    used = _cpu_seconds_of("limited", runtime, tmp_path, 0.2)
+    # 0.2 cores for 1.5 s is 0.3 s; one 5 ms tick of overshoot per 100 ms period allows ~0.38 s.
+    assert 0.15 < used < 0.5, used
+    unlimited = _cpu_seconds_of("unlimited", runtime, tmp_path, None)
+    assert unlimited > 1.2, unlimited
+
+
+def test_a_throttled_module_still_stops_at_once(runtime: Runtime, tmp_path: Path) -> None:
+    out = Output()
+    module = runtime.precompile(wasm_file(tmp_path, SPIN))
+    execution = runtime.start(spec(module, out, cpu_limit=0.01), out.on_exit)
+    time.sleep(0.3)  # mostly asleep in its quota wait now
+    asked = time.monotonic()
+    execution.stop(1)
+    status = execution.wait(2)
+    assert status is not None and (status.exit_code, status.reason) == (137, "Killed")
+    assert time.monotonic() - asked < 0.5
