@@ -32,6 +32,7 @@ from wasmlet.quantity import parse_quantity
 from wasmlet.runtime import Execution, ExitStatus, ModuleError, RunSpec, Runtime
 from wasmlet.server import NotFound
 from wasmlet.sources import ApiSources
+from wasmlet.volumes import PodVolumes, VolumeError
 from wasmlet.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -43,10 +44,23 @@ BACKOFF_RESET_AFTER = 600.0
 # this often, as kubelet's pod workers retry a failed sync.
 CONFIG_RETRY = 10.0
 WORKERS = 4
-UNSUPPORTED_CONTAINER_FIELDS = ("livenessProbe", "readinessProbe", "startupProbe")
-# The ServiceAccount admission plugin adds this projected token volume to every pod. Mounting
-# it is volume support, not here yet: such a mount is skipped rather than refused.
-SERVICE_ACCOUNT_VOLUME_PREFIX = "kube-api-access-"
+# Container fields a WebAssembly module cannot honour, each refused with the reason.
+_PROBES = "probes exec a command or call the container over the network; WASI modules have neither"
+UNSUPPORTED_CONTAINER_FIELDS = {
+    "livenessProbe": _PROBES,
+    "readinessProbe": _PROBES,
+    "startupProbe": _PROBES,
+    "lifecycle": "lifecycle hooks exec a command or call the container over the network",
+    "stdin": "a module reads an empty stdin and attach is not served",
+    "tty": "a module has no terminal",
+    "volumeDevices": "a WASI module can only mount directories, not block devices",
+    "workingDir": "a WASI module has no working directory; its paths resolve against its mounts",
+}
+# Volumes that failed to mount are tried again after this, doubling up to the maximum (kubelet).
+MOUNT_RETRY_START = 0.5
+MOUNT_RETRY_MAX = 120.0
+# How often emptyDir sizeLimits are checked (kubelet's eviction manager runs every 10 s).
+EVICTION_CHECK = 10.0
 
 
 def _now() -> str:
@@ -95,6 +109,10 @@ class PodRun:
     finished: bool = False
     last_status: dict[str, Any] | None = None
     admitted: bool = False  # taken by this node (admission is decided once)
+    volumes: PodVolumes | None = None  # set up once admitted; None until then
+    mounted: bool = False
+    mount_retry: float = 0.0
+    next_volume_check: float = 0.0  # monotonic time of the next refresh or eviction check
     rejection: Rejection | None = None  # why the pod failed as a whole (refused, deadline, not wasm)
 
     @property
@@ -297,6 +315,8 @@ class PodController:
             self._stop_all(run, grace=0.0)
             if not any(c.running for c in run.all_containers()):
                 self._close_writers(run)
+                if run.volumes is not None:
+                    run.volumes.cleanup()
                 with self.lock:
                     if self.runs.get(key) is run:
                         del self.runs[key]
@@ -309,10 +329,55 @@ class PodController:
             self._admit(key, run)
         if not run.finished and run.rejection is None:
             self._enforce_deadline(key, run)
-        if not run.finished and run.rejection is None and self._initialized(key, run):
+        if (
+            not run.finished
+            and run.rejection is None
+            and self._mount(key, run)
+            and self._initialized(key, run)
+        ):
             for spec in run.pod["spec"].get("containers") or []:
                 self._sync_container(key, run, spec, run.containers[spec["name"]])
         self._report(key, run)
+
+    def _mount(self, key: str, run: PodRun) -> bool:
+        """Set up the pod's volumes (once), then keep them fresh; False while they cannot be."""
+        volumes = run.volumes
+        if volumes is None:
+            root = self.config.data_dir / "pods" / run.uid / "volumes"
+            volumes = run.volumes = PodVolumes(run.pod, root, self.sources, allocatable=self.allocatable)
+        try:
+            if not run.mounted:
+                for warning in volumes.setup():
+                    self._event(run, "Warning", "VolumeWarning", warning)
+                run.mounted, run.mount_retry = True, 0.0
+            elif time.monotonic() >= run.next_volume_check or volumes.pod is not run.pod:
+                volumes.refresh(run.pod)
+        except VolumeError as exc:
+            for message in exc.messages:
+                self._event(run, "Warning", "FailedMount", message)
+            if not run.mounted:
+                run.mount_retry = min(max(run.mount_retry * 2, MOUNT_RETRY_START), MOUNT_RETRY_MAX)
+                self.queue.add_after(key, run.mount_retry)
+                return False
+        exceeded = volumes.usage_exceeded()
+        if exceeded:
+            run.killing = True
+            self._reject(run, Rejection("Evicted", "; ".join(exceeded)))
+            self._stop_all(run, grace=0.0)
+            return False
+        self._schedule_volume_check(key, run)
+        return True
+
+    def _schedule_volume_check(self, key: str, run: PodRun) -> None:
+        if run.volumes is None:
+            return
+        waits = [run.volumes.next_refresh()]
+        if any((v.get("emptyDir") or {}).get("sizeLimit") for v in run.pod["spec"].get("volumes") or []):
+            waits.append(EVICTION_CHECK)
+        wait = min((w for w in waits if w is not None), default=None)
+        if wait is not None:
+            run.next_volume_check = time.monotonic() + wait
+            self.queue.add_after(key, wait)
 
     def _initialized(self, key: str, run: PodRun) -> bool:
         """Run the init containers one at a time, in order; True once all have succeeded."""
@@ -380,13 +445,27 @@ class PodController:
             crun.state = {"waiting": {"reason": "CreateContainerConfigError", "message": problem}}
             return
         module = self._pull(key, run, crun, spec)
-        if module is None:
-            return
+        if module is not None:
+            self._configure_and_start(key, run, crun, spec, module)
+
+    def _configure_and_start(
+        self, key: str, run: PodRun, crun: ContainerRun, spec: dict[str, Any], module: Path
+    ) -> None:
         env = self._environment(key, run, crun, spec)
         if env is None:
             return
-        limits = (spec.get("resources") or {}).get("limits") or {}
-        self._start(key, run, crun, module, argv=podspec.argv(spec, env), env=env, limits=limits)
+        try:
+            preopens = run.volumes.preopens(spec, env) if run.volumes is not None else []
+        except VolumeError as exc:
+            self._config_error(key, run, crun, str(exc))
+            return
+        self._start(key, run, crun, module, spec=spec, env=env, preopens=preopens)
+
+    def _config_error(self, key: str, run: PodRun, crun: ContainerRun, message: str) -> None:
+        """The container cannot be configured yet: say why, and try again later (kubelet)."""
+        crun.state = {"waiting": {"reason": "CreateContainerConfigError", "message": message}}
+        self._event(run, "Warning", "Failed", f"Error: {message}")
+        self.queue.add_after(key, CONFIG_RETRY)
 
     def _environment(
         self, key: str, run: PodRun, crun: ContainerRun, spec: dict[str, Any]
@@ -398,9 +477,7 @@ class PodController:
                 run.pod, spec, self.sources, host_ips=ips, pod_ips=ips, allocatable=self.allocatable
             )
         except podspec.EnvError as exc:
-            crun.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(exc)}}
-            self._event(run, "Warning", "Failed", f"Error: {exc}")
-            self.queue.add_after(key, CONFIG_RETRY)
+            self._config_error(key, run, crun, str(exc))
             return None
         for skipped in resolved.skipped:
             self._event(run, "Warning", skipped.reason, skipped.message)
@@ -466,9 +543,9 @@ class PodController:
         crun: ContainerRun,
         module: Path,
         *,
-        argv: list[str],
+        spec: dict[str, Any],
         env: dict[str, str],
-        limits: dict[str, Any],
+        preopens: list[tuple[Path, str, bool]],
     ) -> None:
         namespace, name = run.pod["metadata"]["namespace"], run.pod["metadata"]["name"]
         if crun.ever_started and crun.exit is not None:
@@ -480,11 +557,13 @@ class PodController:
         writer = logs.ContainerLogWriter(
             logs.log_path(self.log_root, namespace, name, run.uid, crun.name, crun.restart_count)
         )
+        limits = (spec.get("resources") or {}).get("limits") or {}
         run_spec = RunSpec(
             module=module,
-            argv=argv,
+            argv=podspec.argv(spec, env),
             env=env,
             # limits.memory caps the linear memories; limits.cpu is a CFS-like quota per 100 ms.
+            preopens=preopens,
             memory_limit_bytes=int(parse_quantity(str(limits["memory"]))) if "memory" in limits else None,
             cpu_limit=float(parse_quantity(str(limits["cpu"]))) if "cpu" in limits else None,
             stdout=writer.stdout,
@@ -668,15 +747,9 @@ def _unsupported(spec: dict[str, Any]) -> str:
     if spec.get("restartPolicy") == "Always":
         name = spec["name"]
         return f"sidecar containers (restartPolicy Always) are not supported by wasmlet (container {name})"
-    for name in UNSUPPORTED_CONTAINER_FIELDS:
-        if spec.get(name):
-            return f"{name} is not supported by wasmlet yet (container {spec['name']})"
-    for mount in spec.get("volumeMounts") or []:
-        if not str(mount.get("name", "")).startswith(SERVICE_ACCOUNT_VOLUME_PREFIX):
-            return (
-                f"volumeMount {mount.get('name')}: volumes are not supported by wasmlet yet "
-                f"(container {spec['name']})"
-            )
+    for field_name, reason in UNSUPPORTED_CONTAINER_FIELDS.items():
+        if spec.get(field_name):
+            return f"{field_name} is not supported by wasmlet: {reason} (container {spec['name']})"
     return ""
 
 

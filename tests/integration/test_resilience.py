@@ -156,7 +156,7 @@ def _process(pid: int) -> dict[str, int]:
 
 
 def _cycle(pods: Pods, image: str, count: int) -> None:
-    names = [pods.create(unique("churn"), image) for _ in range(count)]
+    names = [pods.create(unique("churn"), image) for _number in range(count)]
     for name in names:
         pods.wait_state(name, "running", timeout=120)
     for name in names:
@@ -179,7 +179,7 @@ def test_creating_and_deleting_hundreds_of_pods_leaks_nothing(
     _cycle(node_pods, image, 50)  # warm-up: caches, worker threads, connection pools
     time.sleep(2)
     before = _process(node.process.pid)
-    for _ in range(4):
+    for _round in range(4):
         _cycle(node_pods, image, 100)
     time.sleep(2)
     after = _process(node.process.pid)

@@ -1,0 +1,3 @@
+module wasmlet.test/fsprobe
+
+go 1.21

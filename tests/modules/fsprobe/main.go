@@ -1,0 +1,78 @@
+// fsprobe looks at the files a pod's volumes give a WebAssembly module.
+//
+//	fsprobe cat PATH...        print "PATH: CONTENT" for each file (or "PATH: error: ...")
+//	fsprobe ls DIR             print the names in DIR, sorted, one per line
+//	fsprobe write PATH TEXT    write TEXT to PATH, print "wrote PATH" or "PATH: error: ..."
+//	fsprobe size PATH          print "PATH: N bytes" (for files whose content is secret)
+//	fsprobe watch PATH         print the file's content whenever it changes, forever
+package main
+
+import (
+	"fmt"
+	"os"
+	"sort"
+	"time"
+)
+
+func main() {
+	if len(os.Args) < 3 {
+		fmt.Println("usage: fsprobe cat|ls|write|size|watch PATH...")
+		os.Exit(2)
+	}
+	args := os.Args[2:]
+	switch os.Args[1] {
+	case "cat":
+		for _, path := range args {
+			data, err := os.ReadFile(path)
+			if err != nil {
+				fmt.Printf("%s: error: %v\n", path, err)
+				continue
+			}
+			fmt.Printf("%s: %s\n", path, data)
+		}
+	case "ls":
+		entries, err := os.ReadDir(args[0])
+		if err != nil {
+			fmt.Printf("%s: error: %v\n", args[0], err)
+			os.Exit(1)
+		}
+		names := []string{}
+		for _, entry := range entries {
+			names = append(names, entry.Name())
+		}
+		sort.Strings(names)
+		for _, name := range names {
+			fmt.Println(name)
+		}
+	case "write":
+		if err := os.WriteFile(args[0], []byte(args[1]), 0o644); err != nil {
+			fmt.Printf("%s: error: %v\n", args[0], err)
+			os.Exit(1)
+		}
+		fmt.Printf("wrote %s\n", args[0])
+	case "size":
+		info, err := os.Stat(args[0])
+		if err != nil {
+			fmt.Printf("%s: error: %v\n", args[0], err)
+			os.Exit(1)
+		}
+		fmt.Printf("%s: %d bytes\n", args[0], info.Size())
+	case "watch":
+		last := ""
+		for {
+			data, err := os.ReadFile(args[0])
+			text := string(data)
+			if err != nil {
+				text = "error: " + err.Error()
+			}
+			if text != last {
+				fmt.Printf("%s: %s\n", args[0], text)
+				last = text
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	default:
+		fmt.Printf("unknown command %s\n", os.Args[1])
+		os.Exit(2)
+	}
+}
