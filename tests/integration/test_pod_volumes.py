@@ -262,3 +262,52 @@ def test_volumes_a_module_cannot_mount_fail_clearly(
 
     assert cause in wait_for("a FailedMount event", failed_mount, timeout=30)
     assert pods.get(name)["status"]["phase"] == "Pending"
+
+
+def test_an_empty_dir_over_its_size_limit_evicts_the_pod(pods: Pods, fsprobe: str) -> None:
+    name = unique("hog")
+    pods.create(
+        name,
+        fsprobe,
+        {
+            "args": ["fill", "/scratch/big", str(4 * 2**20)],
+            "volumeMounts": [{"name": "s", "mountPath": "/scratch"}],
+        },
+        volumes=[{"name": "s", "emptyDir": {"sizeLimit": "1Mi"}}],
+    )
+
+    def evicted() -> dict[str, Any] | None:
+        status = pods.get(name).get("status", {})
+        return status if status.get("phase") == "Failed" else None
+
+    status = wait_for(f"pod {name} to be evicted", evicted, timeout=60)
+    assert status["reason"] == "Evicted"
+    assert 'Usage of EmptyDir volume "s" exceeds the limit "1Mi"' in status["message"]
+    assert "terminated" in status["containerStatuses"][0]["state"]
+
+
+def test_several_containers_run_side_by_side_and_share_a_volume(pods: Pods, fsprobe: str) -> None:
+    name = unique("pair")
+    data = [{"name": "d", "mountPath": "/d"}]
+    pods.create(
+        name,
+        fsprobe,
+        volumes=[{"name": "d", "emptyDir": {}}],
+        containers=[
+            probe("watcher", fsprobe, "watch", "/d/note", mounts=data),
+            probe("writer", fsprobe, "fill", "/d/note", "3", mounts=data),
+        ],
+    )
+
+    def both_running() -> list[dict[str, Any]] | None:
+        statuses = pods.get(name).get("status", {}).get("containerStatuses") or []
+        return statuses if len(statuses) == 2 and all("running" in s["state"] for s in statuses) else None
+
+    wait_for(f"both containers of {name} running", both_running, timeout=60)
+    wait_for(
+        "the watcher to see the writer's file",
+        lambda: "/d/note: \0\0\0\n" in pods.logs(name, container="watcher"),
+        timeout=30,
+    )
+    assert pods.logs(name, container="writer") == "filled /d/note\n"
+    assert pods.get(name)["status"]["phase"] == "Running"

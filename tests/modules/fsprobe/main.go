@@ -5,12 +5,14 @@
 //	fsprobe write PATH TEXT    write TEXT to PATH, print "wrote PATH" or "PATH: error: ..."
 //	fsprobe size PATH          print "PATH: N bytes" (for files whose content is secret)
 //	fsprobe watch PATH         print the file's content whenever it changes, forever
+//	fsprobe fill PATH BYTES    write BYTES zero bytes to PATH, print "filled PATH", then sleep forever
 package main
 
 import (
 	"fmt"
 	"os"
 	"sort"
+	"strconv"
 	"time"
 )
 
@@ -70,6 +72,19 @@ func main() {
 				last = text
 			}
 			time.Sleep(200 * time.Millisecond)
+		}
+	case "fill":
+		size, err := strconv.Atoi(args[1])
+		if err == nil {
+			err = os.WriteFile(args[0], make([]byte, size), 0o644)
+		}
+		if err != nil {
+			fmt.Printf("%s: error: %v\n", args[0], err)
+			os.Exit(1)
+		}
+		fmt.Printf("filled %s\n", args[0])
+		for {
+			time.Sleep(time.Hour)
 		}
 	default:
 		fmt.Printf("unknown command %s\n", os.Args[1])
