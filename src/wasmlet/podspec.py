@@ -29,6 +29,8 @@ from decimal import Decimal
 from typing import Any, ClassVar, Literal, Protocol
 
 from wasmlet.quantity import ceil_ratio, parse_quantity
+from wasmlet.shapes import Shapes
+from wasmlet.shapes import kind as _kind
 
 
 def expand(text: str, env: Mapping[str, str]) -> str:
@@ -709,57 +711,11 @@ def _ip_family(text: str) -> int | None:
     return address.version
 
 
-_KINDS: tuple[tuple[type | tuple[type, ...], str], ...] = (
-    (bool, "a boolean"),
-    ((int, float, Decimal), "a number"),
-    (str, "a string"),
-    (Mapping, "an object"),
-    ((list, tuple), "a list"),
-)
-
-
-def _kind(value: object) -> str:
-    """``value``'s JSON kind, for messages."""
-    if value is None:
-        return "null"
-    for types, kind in _KINDS:
-        if isinstance(value, types):
-            return kind
-    return type(value).__name__
-
-
-def _object(value: object, where: str, *, missing_ok: bool = False) -> Mapping[str, Any]:
-    if value is None and missing_ok:
-        return {}
-    if not isinstance(value, Mapping):
-        raise EnvError(f"{where}: expected an object, not {_kind(value)}")
-    return value
-
-
-def _string(obj: Mapping[str, Any], key: str, where: str) -> str:
-    """``obj[key]`` as a string; "" when absent or null (as Go decodes it)."""
-    value = obj.get(key)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise EnvError(f"{where}: {key} must be a string, not {_kind(value)}")
-    return value
-
-
-def _required(obj: Mapping[str, Any], key: str, where: str) -> str:
-    value = _string(obj, key, where)
-    if not value:
-        raise EnvError(f"{where}: {key} is required")
-    return value
-
-
-def _boolean(obj: Mapping[str, Any], key: str, where: str) -> bool:
-    value = obj.get(key)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise EnvError(f"{where}: {key} must be a boolean, not {_kind(value)}")
-    return value
+_SHAPES = Shapes(EnvError)
+_object = _SHAPES.object
+_string = _SHAPES.string
+_required = _SHAPES.required
+_boolean = _SHAPES.boolean
 
 
 def _strings(values: Sequence[str], what: str) -> list[str]:

@@ -66,6 +66,8 @@ from typing import Any, Protocol
 
 from wasmlet.podspec import EnvError, expand, resource_value, utf8, volume_field_value
 from wasmlet.quantity import parse_quantity
+from wasmlet.shapes import Shapes
+from wasmlet.shapes import kind as _kind
 
 log = logging.getLogger(__name__)
 
@@ -746,39 +748,10 @@ class _Lookup(Mapping[str, str]):
 # --- values ----------------------------------------------------------------------------------
 
 
-def _kind(value: object) -> str:
-    if value is None:
-        return "null"
-    for types, kind in ((bool, "a boolean"), ((int, float), "a number"), (str, "a string")):
-        if isinstance(value, types):
-            return kind
-    if isinstance(value, Mapping):
-        return "an object"
-    return "a list" if isinstance(value, list | tuple) else type(value).__name__
-
-
-def _object(value: object, where: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise VolumeError(f"{where}: expected an object, not {_kind(value)}")
-    return value
-
-
-def _string(obj: Mapping[str, Any], key: str, where: str) -> str:
-    value = obj.get(key)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise VolumeError(f"{where}: {key} must be a string, not {_kind(value)}")
-    return value
-
-
-def _boolean(obj: Mapping[str, Any], key: str, where: str) -> bool:
-    value = obj.get(key)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise VolumeError(f"{where}: {key} must be a boolean, not {_kind(value)}")
-    return value
+_SHAPES = Shapes(VolumeError)
+_object = _SHAPES.object
+_string = _SHAPES.string
+_boolean = _SHAPES.boolean
 
 
 def _mode(value: object, where: str, default: int) -> int:

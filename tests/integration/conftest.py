@@ -15,14 +15,12 @@ from helpers import (
     Cluster,
     Pods,
     Registry,
-    approve_csr,
     delete_quietly,
-    node_ready,
+    joined_node,
     run_playbook,
     unique,
-    wait_for,
 )
-from wasmlet_proc import WasmletNode, running_node
+from wasmlet_proc import WasmletNode
 
 from wasmlet import paths
 from wasmlet.kubeapi import Client
@@ -71,28 +69,16 @@ def wasm_node(
     """One real wasmlet node for the session, joined, its serving certificate approved,
     pulling from the plain-HTTP local registry and trusting the secure registry's CA."""
     admin = cluster.admin()
-    name = unique("wasm-node")
-    tmp = tmp_path_factory.mktemp("wasm-node")
-    with running_node(
-        admin,
-        tmp,
-        name,
-        "127.0.0.2",
-        10250,
+    extra = (
         "--insecure-registries",
         registry.host,
         "--registry-ca-files",
         f"{secure_registry.host}={secure_registry.ca}",
+    )
+    with joined_node(
+        admin, tmp_path_factory.mktemp("wasm-node"), unique("wasm-node"), "127.0.0.2", *extra
     ) as node:
-        wait_for(f"node {name} to be Ready", lambda: node_ready(admin, name), timeout=60)
-        message = (
-            f"BOOTSTRAP: TLS certificate requires manual approval. Run kubectl certificate approve {name}-tls"
-        )
-        wait_for("the approval message", lambda: message in node.log(), timeout=30)
-        approve_csr(admin, f"{name}-tls")
-        wait_for("the kubelet API to listen", lambda: "kubelet API on https://" in node.log(), timeout=30)
         yield node
-        delete_quietly(admin, f"/apis/certificates.k8s.io/v1/certificatesigningrequests/{name}-tls")
     admin.close()
 
 

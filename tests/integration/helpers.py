@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import json
 import os
@@ -11,7 +12,7 @@ import string
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 import wasmtime
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from wasmlet_proc import WasmletNode
+from wasmlet_proc import WasmletNode, running_node
 
 from wasmlet import oci, pki, tokens
 from wasmlet.kubeapi import ApiError, Client
@@ -319,3 +320,18 @@ class Pods:
         resp = self.admin._http.get(f"/api/v1/namespaces/default/pods/{name}/log", params=params)
         assert resp.status_code == 200, resp.text
         return resp.text
+
+
+@contextlib.contextmanager
+def joined_node(admin: Client, tmp_path: Path, name: str, ip: str, *extra: str) -> Iterator[WasmletNode]:
+    """A real wasmlet node on ``ip``:10250, Ready, its serving CSR approved and the kubelet API up."""
+    with running_node(admin, tmp_path, name, ip, 10250, *extra) as node:
+        wait_for(f"node {name} to be Ready", lambda: node_ready(admin, name), timeout=60)
+        message = (
+            f"BOOTSTRAP: TLS certificate requires manual approval. Run kubectl certificate approve {name}-tls"
+        )
+        wait_for("the approval message", lambda: message in node.log(), timeout=30)
+        approve_csr(admin, f"{name}-tls")
+        wait_for("the kubelet API to listen", lambda: "kubelet API on https://" in node.log(), timeout=30)
+        yield node
+        delete_quietly(admin, f"/apis/certificates.k8s.io/v1/certificatesigningrequests/{name}-tls")

@@ -71,7 +71,7 @@ def test_env_from_configmaps_secrets_downward_api_and_resources(
         {
             "name": "MEM_MI",
             "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}},
-        },  # noqa: E501
+        },
         {"name": "CPU_M", "valueFrom": {"resourceFieldRef": {"resource": "requests.cpu", "divisor": "1m"}}},
         # No cpu limit: kubelet reads the node's allocatable cpu.
         {"name": "CPU_LIMIT", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}},

@@ -20,15 +20,15 @@ from helpers import (
     Cluster,
     Pods,
     Registry,
-    approve_csr,
     delete_quietly,
+    joined_node,
     node_ready,
     push_wat,
     run_playbook,
     unique,
     wait_for,
 )
-from wasmlet_proc import WasmletNode, running_node
+from wasmlet_proc import WasmletNode
 
 from wasmlet import services
 from wasmlet.kubeapi import Client
@@ -44,16 +44,12 @@ def node(
     cluster: Cluster, registry: Registry, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WasmletNode]:
     admin = cluster.admin()
-    name = unique("resilient")
-    tmp = tmp_path_factory.mktemp("resilient")
     registries = f"{registry.host},{FLAKY_HOST}"
-    with running_node(admin, tmp, name, "127.0.0.7", 10250, "--insecure-registries", registries) as node:
-        wait_for(f"node {name} to be Ready", lambda: node_ready(admin, name), timeout=60)
-        wait_for("the serving CSR", lambda: f"approve {name}-tls" in node.log(), timeout=30)
-        approve_csr(admin, f"{name}-tls")
-        wait_for("the kubelet API", lambda: "kubelet API on https://" in node.log(), timeout=30)
+    tmp = tmp_path_factory.mktemp("resilient")
+    with joined_node(
+        admin, tmp, unique("resilient"), "127.0.0.7", "--insecure-registries", registries
+    ) as node:
         yield node
-        delete_quietly(admin, f"/apis/certificates.k8s.io/v1/certificatesigningrequests/{name}-tls")
     admin.close()
 
 
