@@ -20,6 +20,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -350,7 +351,7 @@ class PodController:
                 for warning in volumes.setup():
                     self._event(run, "Warning", "VolumeWarning", warning)
                 run.mounted, run.mount_retry = True, 0.0
-            elif time.monotonic() >= run.next_volume_check or volumes.pod is not run.pod:
+            elif time.monotonic() >= run.next_volume_check or _metadata_changed(volumes.pod, run.pod):
                 volumes.refresh(run.pod)
         except VolumeError as exc:
             for message in exc.messages:
@@ -369,7 +370,8 @@ class PodController:
         return True
 
     def _schedule_volume_check(self, key: str, run: PodRun) -> None:
-        if run.volumes is None:
+        """One pending check at a time: a sync in between leaves it where it is."""
+        if run.volumes is None or run.next_volume_check > time.monotonic():
             return
         waits = [run.volumes.next_refresh()]
         if any((v.get("emptyDir") or {}).get("sizeLimit") for v in run.pod["spec"].get("volumes") or []):
@@ -751,6 +753,12 @@ def _unsupported(spec: dict[str, Any]) -> str:
         if spec.get(field_name):
             return f"{field_name} is not supported by wasmlet: {reason} (container {spec['name']})"
     return ""
+
+
+def _metadata_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether what downwardAPI volumes show of the pod changed (its labels or annotations)."""
+    before, after = old.get("metadata") or {}, new.get("metadata") or {}
+    return any(before.get(k) != after.get(k) for k in ("labels", "annotations"))
 
 
 def _container_status(run: PodRun, crun: ContainerRun, initialized: bool) -> dict[str, Any]:

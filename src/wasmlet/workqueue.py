@@ -1,5 +1,7 @@
 """A keyed work queue with delayed adds, as client-go's: a key is processed by one worker at a
-time; adding a key while it is processed marks it dirty so it runs once more afterwards.
+time; adding a key while it is processed marks it dirty so it runs once more afterwards. A key
+waits on at most one timer, the earliest asked for (client-go's delaying queue does the same),
+so callers may ask for a later look on every pass without timers piling up.
 Idle, it costs nothing: workers and the timer thread block on conditions.
 """
 
@@ -20,6 +22,7 @@ class WorkQueue:
         self._processing: set[str] = set()
         self._dirty: set[str] = set()
         self._timers: list[tuple[float, int, str]] = []
+        self._due: dict[str, float] = {}  # the one live timer of each waiting key
         self._seq = itertools.count()
         self._closed = False
         self._timer = threading.Thread(target=self._run_timers, name="workqueue-timer", daemon=True)
@@ -41,8 +44,12 @@ class WorkQueue:
         if delay <= 0:
             self.add(key)
             return
+        due = time.monotonic() + delay
         with self._cond:
-            heapq.heappush(self._timers, (time.monotonic() + delay, next(self._seq), key))
+            if self._due.get(key, due + 1) <= due:
+                return  # already due sooner
+            self._due[key] = due
+            heapq.heappush(self._timers, (due, next(self._seq), key))
             self._cond.notify_all()
 
     def get(self) -> str | None:
@@ -81,4 +88,6 @@ class WorkQueue:
                     self._cond.wait(wait)
                     continue
                 heapq.heappop(self._timers)
-                self._add_locked(key)
+                if self._due.get(key) == due:  # not superseded by an earlier timer
+                    del self._due[key]
+                    self._add_locked(key)

@@ -45,3 +45,47 @@ def test_add_after_delivers_after_the_delay() -> None:
     assert queue.get() == "later"
     assert time.monotonic() - start >= 0.29
     queue.close()
+
+
+def _drain(queue: WorkQueue, seconds: float) -> list[str]:
+    """Every key handed out within ``seconds``."""
+    got: list[str] = []
+    deadline = time.monotonic() + seconds
+
+    def work() -> None:
+        while time.monotonic() < deadline:
+            key = queue.get()
+            if key is None:
+                return
+            got.append(key)
+            queue.done(key)
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    time.sleep(seconds)
+    queue.close()
+    t.join(1)
+    return got
+
+
+def test_a_key_waits_on_one_timer_the_earliest() -> None:
+    queue = WorkQueue()
+    for _round in range(50):  # a controller asking for a later look on every pass
+        queue.add_after("pod", 0.2)
+    queue.add_after("pod", 0.1)  # an earlier one replaces them
+    queue.add_after("pod", 0.3)  # a later one is ignored while an earlier is pending
+    start = time.monotonic()
+    got = _drain(queue, 0.6)
+    assert got == ["pod"]
+    assert time.monotonic() - start >= 0.59
+
+
+def test_a_key_can_wait_again_once_its_timer_fired() -> None:
+    queue = WorkQueue()
+    queue.add_after("pod", 0.05)
+    assert queue.get() == "pod"
+    queue.done("pod")
+    queue.add_after("pod", 0.05)
+    assert queue.get() == "pod"
+    queue.done("pod")
+    queue.close()
