@@ -333,5 +333,7 @@ def joined_node(admin: Client, tmp_path: Path, name: str, ip: str, *extra: str) 
         wait_for("the approval message", lambda: message in node.log(), timeout=30)
         approve_csr(admin, f"{name}-tls")
         wait_for("the kubelet API to listen", lambda: "kubelet API on https://" in node.log(), timeout=30)
-        yield node
-        delete_quietly(admin, f"/apis/certificates.k8s.io/v1/certificatesigningrequests/{name}-tls")
+        try:
+            yield node
+        finally:
+            delete_quietly(admin, f"/apis/certificates.k8s.io/v1/certificatesigningrequests/{name}-tls")
