@@ -21,6 +21,8 @@ help:
 	@echo "make test        lint, ansible-test sanity, unit, integration and molecule tests"
 	@echo "make down        stop everything make up started (PURGE=true also deletes ~/.wasmlet state)"
 	@echo "make lint | unit | integration | molecule | sanity | collection"
+	@echo "make bench       benchmarks against a tuned control plane of their own: bench/results, docs/performance.md"
+	@echo "make bench-smoke every benchmark with tiny counts (checks the scripts; ARGS=--only NAME,...)"
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -81,6 +83,20 @@ collection: venv
 	  wasmlet.kube.site
 
 test: lint sanity unit integration collection molecule
+
+# Benchmarks (bench/run.py): numbers, not pass/fail. bench-smoke fails only when a script fails.
+.PHONY: bench bench-smoke
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
+	touch $@
+
+bench: venv $(BENCH_STAMP)
+	$(BIN)/python -m bench.run $(ARGS)
+
+bench-smoke: venv $(BENCH_STAMP)
+	$(BIN)/python -m bench.run --smoke $(ARGS)
 
 clean:
 	rm -rf $(VENV) .collections .mypy_cache .ruff_cache .pytest_cache

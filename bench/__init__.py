@@ -1,0 +1,1 @@
+"""wasmlet benchmarks: numbers, not pass/fail. ``make bench`` runs them all (see bench/run.py)."""

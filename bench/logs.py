@@ -1,0 +1,275 @@
+"""Figure 7: container logs.
+
+Latency: a pod prints "tick" every 100 ms; a ``kubectl logs -f --timestamps``-style streaming
+request through the apiserver (GET .../log?follow=true&timestamps=true) receives the lines. The
+latency of a line is the moment it arrived here minus its CRI timestamp (taken by the node's log
+writer when the module wrote it; same host, same clock).
+
+Throughput cost: a module prints "start" and then N lines of 48 bytes as fast as it can (one
+``fd_write`` each). In a pod its time is the span between the first and last lines' log
+timestamps; on bare wasmtime-py with stdout to /dev/null it is the whole ``_start``. In between:
+bare wasmtime-py with a Python callback that drops the output, wasmlet's Runtime in-process with
+its real log writer (no apiserver), and a prototype that is not in wasmlet: WASI stdout to a
+pipe and a reader thread feeding the same log writer in large chunks.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import wasmtime
+
+from bench.common import (
+    Cluster,
+    Context,
+    Figure,
+    Outcome,
+    PodWatcher,
+    http_client,
+    namespace,
+    pod_manifest,
+    push,
+    running_node,
+    start_func,
+    summary,
+    unique,
+    wasm,
+)
+from wasmlet.logs import ContainerLogWriter, parse_timestamp
+from wasmlet.runtime import RunSpec, Runtime
+
+LINE = 48  # bytes per line of logspam.wat
+START = 6  # "start\n"
+
+
+def _bare(module: bytes, configure: Callable[[wasmtime.WasiConfig], None]) -> float:
+    engine = wasmtime.Engine()
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    store = wasmtime.Store(engine)
+    wasi = wasmtime.WasiConfig()
+    configure(wasi)
+    store.set_wasi(wasi)
+    instance = linker.instantiate(store, wasmtime.Module(engine, module))
+    start = start_func(instance, store)
+    t0 = time.perf_counter()
+    start(store)
+    took = time.perf_counter() - t0
+    del instance, start, store, linker, engine
+    gc.collect()
+    return took
+
+
+def bare_devnull(module: bytes) -> float:
+    def configure(wasi: wasmtime.WasiConfig) -> None:
+        wasi.stdout_file = os.devnull
+
+    return _bare(module, configure)
+
+
+def bare_callback(module: bytes) -> float:
+    def drop(_chunk: bytes) -> None:
+        return None
+
+    def configure(wasi: wasmtime.WasiConfig) -> None:
+        wasi.stdout_custom = drop
+
+    return _bare(module, configure)
+
+
+def pipe_prototype(module: bytes, lines: int, workdir: Path) -> float:
+    """WASI stdout to a pipe, a thread reading it in 64 KiB chunks into the CRI log writer."""
+    expected = START + lines * LINE
+    read_fd, write_fd = os.pipe()
+    writer = ContainerLogWriter(workdir / unique("pipe") / "0.log")
+    drained = threading.Event()
+
+    def reader() -> None:
+        seen = 0
+        while seen < expected:
+            chunk = os.read(read_fd, 65536)
+            if not chunk:
+                break
+            writer.write("stdout", chunk)
+            seen += len(chunk)
+        drained.set()
+
+    def configure(wasi: wasmtime.WasiConfig) -> None:
+        wasi.stdout_file = f"/proc/self/fd/{write_fd}"
+
+    thread = threading.Thread(target=reader, name="bench-pipe-reader", daemon=True)
+    thread.start()
+    t0 = time.perf_counter()
+    _bare(module, configure)
+    drained.wait(120)
+    took = time.perf_counter() - t0
+    os.close(write_fd)
+    thread.join(5)
+    os.close(read_fd)
+    writer.close()
+    return took
+
+
+def runtime_writer(module: bytes, workdir: Path) -> float:
+    """wasmlet's Runtime in-process, stdout into its CRI log writer; seconds start → exit."""
+    source = workdir / "logspam.wasm"
+    source.write_bytes(module)
+    runtime = Runtime(workdir / "compiled")
+    writer = ContainerLogWriter(workdir / unique("runtime") / "0.log")
+    try:
+        spec = RunSpec(
+            runtime.precompile(source), ["logspam"], {}, writer.stdout, writer.stderr, name="bench/logs"
+        )
+        status = runtime.start(spec, lambda _status: None).wait(600)
+    finally:
+        runtime.close()
+        writer.close()
+    if status is None or status.exit_code != 0:
+        raise RuntimeError(f"logspam on the runtime: {status}")
+    return (status.finished_at - status.started_at).total_seconds()
+
+
+def follow_latencies(cluster: Cluster, path: str, count: int, timeout: float) -> list[float]:
+    """Stream ``path`` (follow, timestamps) and return the latency of ``count`` new lines."""
+    latencies: list[float] = []
+    opened = time.time_ns()
+    deadline = time.monotonic() + timeout
+    params = {"follow": "true", "timestamps": "true"}
+    with (
+        http_client(cluster, httpx.Timeout(10.0, read=timeout)) as client,
+        client.stream("GET", path, params=params) as resp,
+    ):
+        if resp.status_code != 200:
+            resp.read()
+            raise RuntimeError(f"GET {path}: {resp.status_code} {resp.text[:300]}")
+        for line in resp.iter_lines():
+            arrived = time.time_ns()
+            stamp, _, _text = line.partition(" ")
+            if not stamp:
+                continue
+            written = parse_timestamp(stamp)
+            if written >= opened:  # lines from before the request came all at once: not latency
+                latencies.append((arrived - written) / 1e9)
+            if len(latencies) >= count or time.monotonic() > deadline:
+                break
+    return latencies
+
+
+def pod_log_span(admin_get: Callable[[str, dict[str, str]], object], path: str) -> tuple[float, int]:
+    text = str(admin_get(path, {"timestamps": "true"}))
+    rows = [line.split(" ", 1) for line in text.splitlines() if line]
+    if rows[0][1] != "start":
+        raise RuntimeError(f"unexpected pod log start {rows[0]!r}")
+    return (parse_timestamp(rows[-1][0]) - parse_timestamp(rows[0][0])) / 1e9, len(rows) - 1
+
+
+def run(ctx: Context) -> Outcome:
+    out = Outcome("logs")
+    samples = ctx.scale(200, 10)
+    lines = ctx.scale(200_000, 2_000)
+    reps = ctx.scale(3, 1)
+    interval_ns = 100_000_000
+    spam = wasm("logspam", lines=lines)
+    cluster = ctx.cluster()
+    with cluster.admin() as admin, running_node(cluster, admin, ctx.workdir, "bench-logs") as node:
+        ticker = push("ticker", wasm("ticker", interval_ns=interval_ns), ctx.workdir)
+        spam_image = push("logspam", spam, ctx.workdir)
+        with namespace(admin, "bench-logs") as ns, PodWatcher(cluster, ns) as watcher:
+            admin.post(f"/api/v1/namespaces/{ns}/pods", pod_manifest("ticker", node.name, ticker))
+            watcher.wait("the ticker pod to run", watcher.reached("running", "ticker"), 120)
+            ctx.quiet()
+            latencies = follow_latencies(
+                cluster, f"/api/v1/namespaces/{ns}/pods/ticker/log", samples, samples * 0.1 + 30
+            )
+            admin.delete(f"/api/v1/namespaces/{ns}/pods/ticker")
+
+            def pod() -> float:
+                name = unique("logspam")
+                admin.post(
+                    f"/api/v1/namespaces/{ns}/pods",
+                    pod_manifest(name, node.name, spam_image, restart="Never"),
+                )
+                watcher.wait(f"pod {name} to finish", watcher.reached("finished", name), 900)
+                span, printed = pod_log_span(admin.get, f"/api/v1/namespaces/{ns}/pods/{name}/log")
+                if printed != lines:
+                    raise RuntimeError(f"pod {name} logged {printed} lines, not {lines}")
+                return span
+
+            pod()  # warm: pull and compile once
+            ctx.quiet()
+            runs: dict[str, list[float]] = {
+                "bare_devnull": [],
+                "bare_python_callback": [],
+                "pipe_reader_prototype": [],
+                "wasmlet_runtime_writer": [],
+                "wasmlet_pod": [],
+            }
+            for _rep in range(reps):
+                runs["bare_devnull"].append(bare_devnull(spam))
+                runs["bare_python_callback"].append(bare_callback(spam))
+                runs["pipe_reader_prototype"].append(pipe_prototype(spam, lines, ctx.workdir))
+                runs["wasmlet_runtime_writer"].append(runtime_writer(spam, ctx.workdir))
+                runs["wasmlet_pod"].append(pod())
+    medians = {k: summary(v, digits=4)["p50"] for k, v in runs.items()}
+    per_line_us = {k: round(v / lines * 1e6, 3) for k, v in medians.items()}
+    lat = summary(latencies, 1000, 1)
+    out.data = {
+        "follow": {
+            "interval_ms": interval_ns / 1e6,
+            "latency_ms": lat,
+            "samples_ms": [round(x * 1000, 1) for x in latencies],
+        },
+        "throughput": {
+            "lines": lines,
+            "line_bytes": LINE,
+            "reps": reps,
+            "seconds": runs,
+            "median_s": medians,
+            "per_line_us": per_line_us,
+        },
+    }
+    out.add(
+        Figure(
+            "7a",
+            "log line written → received by a follow request through the apiserver, p50",
+            lat.get("p50"),
+            "ms",
+            100,
+            "<=",
+            f"{lat['n']} lines, one every {interval_ns / 1e6:.0f} ms",
+        )
+    )
+    out.add(
+        Figure(
+            "7b",
+            "log line written → received by a follow request through the apiserver, p99",
+            lat.get("p99"),
+            "ms",
+            100,
+            "<=",
+            f"max {lat.get('max')} ms",
+        )
+    )
+    cost = medians["wasmlet_pod"] / medians["bare_devnull"] - 1
+    out.add(
+        Figure(
+            "7c",
+            "throughput cost of logging: a module printing as fast as it can, in a pod (log writer) "
+            "vs on bare wasmtime-py to /dev/null",
+            round(cost * 100, 1),
+            "%",
+            10,
+            "<=",
+            f"{lines:,} lines of {LINE} B: {per_line_us['wasmlet_pod']} µs/line in a pod vs "
+            f"{per_line_us['bare_devnull']} µs/line to /dev/null; a no-op Python callback alone costs "
+            f"{per_line_us['bare_python_callback']} µs/line; pipe + reader prototype "
+            f"{per_line_us['pipe_reader_prototype']} µs/line",
+        )
+    )
+    return out

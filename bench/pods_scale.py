@@ -1,0 +1,319 @@
+"""Figures 2, 4 and 5: many idle pods on one node.
+
+One ``wasmlet`` node with ``--max-pods 1100``; an idle hello-world module (prints a line, then
+sleeps an hour at a time, forever), already pulled and compiled by a warm-up pod.
+
+- Figure 2: N pods created at once (16 client threads POSTing) → all Running, as observed by a
+  watch; per pod, creation (just before its POST) → Running. The CPU seconds every process
+  spent during the burst (node, apiserver, etcd, scheduler, controller-manager, this client)
+  show where the time went. A second burst runs under ``py-spy record`` (full runs).
+- Figure 4: the node's RSS with 0, 100 and 1000 such pods; (RSS(N) - RSS(0)) / N.
+- Figure 5: the node's CPU with 1000 idle pods, from /proc/<pid>/stat over 30 s.
+
+Between bursts every pod is deleted and the node's module threads are waited for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    BenchError,
+    Cluster,
+    Context,
+    CpuMeter,
+    Figure,
+    Node,
+    Outcome,
+    PodWatcher,
+    Profiler,
+    collapsed_stacks,
+    create_pods,
+    delete_pods,
+    namespace,
+    pod_manifest,
+    push,
+    rss_bytes,
+    running_node,
+    summary,
+    thread_count,
+    wait_threads,
+    wasm,
+)
+from wasmlet.kubeapi import Client
+
+MB = 1024 * 1024
+_FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^:()]*)(?::\d+)?\)$")
+# Which thread a stack belongs to, by the wasmlet function at its root.
+_THREAD_KINDS = [
+    ("_work (wasmlet/pods.py", "pod workers"),
+    ("_watch (wasmlet/pods.py", "pod watch"),
+    ("_run (wasmlet/runtime.py", "module threads"),
+    ("_run_timers (wasmlet/workqueue.py", "work queue timer"),
+    ("run (wasmlet/node.py", "node heartbeat"),
+    ("serve_forever", "kubelet API"),
+]
+
+
+@dataclass
+class Burst:
+    pods: int
+    create_s: float  # first POST → last POST returned
+    all_running_s: float | None  # first POST → last pod seen Running
+    running: int
+    per_pod_ms: dict[str, float]
+    bound_to_running_ms: dict[str, float]
+    create_to_bound_ms: dict[str, float]
+    cpu: dict[str, Any]
+    timeline: dict[str, list[float]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _frame(text: str) -> tuple[str, str]:
+    match = _FRAME.match(text)
+    return (match["func"], match["file"]) if match else (text, "")
+
+
+def summarize_profile(path: Path, top: int = 15) -> dict[str, Any]:
+    """Where the sampled CPU went: per thread kind, per pod-worker step, top self and inclusive frames."""
+    stacks = collapsed_stacks(path)
+    total = sum(count for _frames, count in stacks) or 1
+    kinds: Counter[str] = Counter()
+    worker_steps: Counter[str] = Counter()
+    self_time: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    for frames, count in stacks:
+        joined = ";".join(frames)
+        kind = next((name for marker, name in _THREAD_KINDS if marker in joined), "other")
+        kinds[kind] += count
+        names = [f"{func} ({file})" for func, file in map(_frame, frames)]
+        self_time[names[-1]] += count
+        for name in set(names):
+            inclusive[name] += count
+        if kind == "pod workers":
+            worker_steps[_worker_step(names)] += count
+
+    def share(counter: Counter[str], limit: int) -> list[tuple[str, float]]:
+        return [(name, round(100 * n / total, 1)) for name, n in counter.most_common(limit)]
+
+    return {
+        "samples": total,
+        "by_thread_kind_pct": share(kinds, 10),
+        "pod_worker_steps_pct": share(worker_steps, 12),
+        "top_self_pct": share(self_time, top),
+        "top_inclusive_pct": share(inclusive, top),
+    }
+
+
+def _worker_step(names: list[str]) -> str:
+    """The pod controller step a worker sample is in: the frame right under ``_sync``."""
+    for index, name in enumerate(names):
+        if name.startswith("_sync (wasmlet/pods.py") and index + 1 < len(names):
+            step = names[index + 1]
+            for deeper in names[index + 2 :]:  # _sync_container → _pull / _start ...
+                if "(wasmlet/" in deeper and not deeper.startswith("_sync_container"):
+                    if step.startswith("_sync_container"):
+                        step = f"{step} → {deeper}"
+                    break
+            return step
+    return "outside _sync"
+
+
+@dataclass
+class _Scale:
+    ctx: Context
+    cluster: Cluster
+    admin: Client
+    node: Node
+    image: str
+    ns: str
+    watcher: PodWatcher
+
+    def pids(self) -> dict[str, int]:
+        return {"wasmlet node": self.node.pid, **self.cluster.component_pids(), "bench client": os.getpid()}
+
+    def burst(self, prefix: str, count: int, timeout: float) -> Burst:
+        names = [f"{prefix}-{index:04d}" for index in range(count)]
+        manifests = [pod_manifest(name, self.node.name, self.image) for name in names]
+        meter = CpuMeter(self.pids()).start()
+        t0 = time.monotonic()
+        create_s = create_pods(self.cluster, self.ns, manifests, self.watcher)
+        with contextlib.suppress(BenchError):  # a timeout is reported as fewer pods Running
+            self.watcher.wait(
+                f"{count} pods to run", lambda: self.watcher.count("running", names) == count, timeout
+            )
+        meter.stop()
+        running = self.watcher.count("running", names)
+        ends = [t.running for n in names if (t := self.watcher.times[n]).running is not None]
+        timeline = {
+            step: sorted(
+                round(v - t0, 4) for n in names if (v := getattr(self.watcher.times[n], step)) is not None
+            )
+            for step in ("created", "bound", "running")
+        }
+        return Burst(
+            pods=count,
+            create_s=round(create_s, 3),
+            all_running_s=round(max(ends) - t0, 3) if running == count else None,
+            running=running,
+            per_pod_ms=summary(self.watcher.durations(names, "created", "running"), 1000, 1),
+            bound_to_running_ms=summary(self.watcher.durations(names, "bound", "running"), 1000, 1),
+            create_to_bound_ms=summary(self.watcher.durations(names, "created", "bound"), 1000, 1),
+            cpu=meter.as_dict(),
+            timeline=timeline,
+        )
+
+    def clear(self, idle_threads: int) -> float:
+        """Delete every pod; seconds until the node's module threads are gone."""
+        t0 = time.monotonic()
+        delete_pods(self.admin, self.ns)
+        wait_threads(self.node.pid, idle_threads + 2, 300)
+        return time.monotonic() - t0
+
+
+def _settled_rss(pid: int, seconds: float) -> int:
+    """The node's RSS after ``seconds`` of quiet (status patches and events done)."""
+    time.sleep(seconds)
+    return rss_bytes(pid)
+
+
+def _idle_cpu(pid: int, seconds: float) -> float:
+    meter = CpuMeter({"node": pid}).start()
+    time.sleep(seconds)
+    return 100 * meter.stop()["node"] / meter.elapsed
+
+
+def run(ctx: Context) -> Outcome:
+    out = Outcome("pods_scale")
+    sizes = [ctx.scale(100, 5), ctx.scale(1000, 20)]
+    settle = ctx.seconds(15, 1)
+    idle_window = ctx.seconds(30, 3)
+    timeout = ctx.seconds(300, 60)
+    cluster = ctx.cluster()
+    with (
+        cluster.admin() as admin,
+        running_node(cluster, admin, ctx.workdir, "bench-scale", max_pods=1100) as node,
+        namespace(admin, "bench-scale") as ns,
+        PodWatcher(cluster, ns) as watcher,
+    ):
+        scale = _Scale(
+            ctx, cluster, admin, node, push("sleep", wasm("sleep_forever"), ctx.workdir), ns, watcher
+        )
+        scale.burst("warm", 1, 60)
+        idle_threads = thread_count(node.pid) - 1
+        scale.clear(idle_threads)
+        ctx.quiet()
+        rss0 = _settled_rss(node.pid, settle)
+        cpu0 = _idle_cpu(node.pid, min(idle_window, 10))
+        bursts: dict[int, Burst] = {}
+        rss: dict[int, int] = {0: rss0}
+        cleared: dict[int, float] = {}
+        cpu_idle: dict[int, float] = {0: round(cpu0, 3)}
+        for size in sizes:
+            ctx.quiet()
+            bursts[size] = scale.burst(f"b{size}", size, timeout)
+            rss[size] = _settled_rss(node.pid, settle)
+            if size == sizes[-1]:
+                cpu_idle[size] = round(_idle_cpu(node.pid, idle_window), 3)
+            cleared[size] = round(scale.clear(idle_threads), 1)
+        profile = _profiled_burst(scale, sizes[-1], timeout, idle_threads) if ctx.profile else None
+    _report(
+        out, sizes=sizes, bursts=bursts, rss=rss, cpu_idle=cpu_idle, cleared=cleared, idle_window=idle_window
+    )
+    if profile is not None:
+        out.data["profiled_burst"] = profile
+    return out
+
+
+def _profiled_burst(scale: _Scale, size: int, timeout: float, idle_threads: int) -> dict[str, Any]:
+    scale.ctx.quiet()
+    path = scale.ctx.workdir / "node-burst.pyspy.txt"
+    profiler = Profiler(scale.node.pid, path, rate=50)
+    time.sleep(1)
+    burst = scale.burst("prof", size, timeout)
+    profiler.stop()
+    scale.clear(idle_threads)
+    return {
+        "burst": {k: v for k, v in burst.as_dict().items() if k != "timeline"},
+        "profile": summarize_profile(path),
+        "raw": str(path),
+    }
+
+
+def _report(
+    out: Outcome,
+    *,
+    sizes: list[int],
+    bursts: dict[int, Burst],
+    rss: dict[int, int],
+    cpu_idle: dict[int, float],
+    cleared: dict[int, float],
+    idle_window: float,
+) -> None:
+    big = bursts[sizes[-1]]
+    out.data = {
+        "bursts": {str(k): v.as_dict() for k, v in bursts.items()},
+        "rss_bytes": {str(k): v for k, v in rss.items()},
+        "rss_per_pod_kib": {str(k): round((rss[k] - rss[0]) / k / 1024, 1) for k in sizes},
+        "cpu_idle_pct_of_core": {str(k): v for k, v in cpu_idle.items()},
+        "idle_window_s": idle_window,
+        "clear_s": {str(k): v for k, v in cleared.items()},
+    }
+    cpu = big.cpu["cpu_s"]
+    busiest = ", ".join(f"{k} {v:.1f} s" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]))
+    out.add(
+        Figure(
+            "2a",
+            f"{big.pods} pods created at once → all Running (watch-observed)",
+            big.all_running_s,
+            "s",
+            15,
+            "<=",
+            f"{big.running}/{big.pods} Running; POSTs took {big.create_s} s; CPU in the burst "
+            f"({big.cpu['elapsed_s']} s wall, 2 cores): {busiest}",
+        )
+    )
+    out.add(Figure("2b", "per pod, created → Running, p50", big.per_pod_ms.get("p50"), "ms"))
+    out.add(
+        Figure(
+            "2c",
+            "per pod, created → Running, p99",
+            big.per_pod_ms.get("p99"),
+            "ms",
+            detail=f"bound → Running p50 {big.bound_to_running_ms.get('p50')} ms, "
+            f"p99 {big.bound_to_running_ms.get('p99')} ms",
+        )
+    )
+    for size, fig in zip(sizes, ("4a", "4b"), strict=True):
+        per_pod = (rss[size] - rss[0]) / size / MB
+        out.add(
+            Figure(
+                fig,
+                f"node RSS per idle pod at {size} pods: (RSS({size}) - RSS(0)) / {size}",
+                round(per_pod, 3),
+                "MB",
+                1,
+                "<=",
+                f"RSS {rss[0] / MB:.1f} MB with 0 pods, {rss[size] / MB:.1f} MB with {size}",
+            )
+        )
+    out.add(
+        Figure(
+            "5",
+            f"node CPU with {sizes[-1]} idle pods, over {idle_window:.0f} s",
+            cpu_idle[sizes[-1]],
+            "% of a core",
+            5,
+            "<=",
+            f"with 0 pods: {cpu_idle[0]} %",
+        )
+    )

@@ -1,0 +1,385 @@
+"""Render a benchmark record (bench/results/<date>.json) as docs/performance.md and docs/img/*.png.
+
+``python -m bench.report [RECORD.json]`` renders the newest record again (e.g. after editing the
+hand-written analysis next to it, ``bench/results/<date>.notes.md``, which is included as is).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.common import RESULTS_DIR, ROOT
+
+DOCS = ROOT / "docs" / "performance.md"
+IMAGES = ROOT / "docs" / "img"
+
+TITLES = {
+    "runtime_start": "1. Start rate of a cached module (node level, no apiserver)",
+    "pods_scale": "2, 4, 5. Many idle pods on one node: burst start, memory, idle CPU",
+    "pod_latency": "3. One pod created → Running, one after another",
+    "compute": "6. CPU-bound module: wasmlet vs bare wasmtime-py",
+    "logs": "7. Logs: follow latency and the cost of logging",
+    "cold_start": "8. Cold pull + compile + start vs warm start",
+    "make_up": "9. make up",
+}
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return (
+            f"{value:,.3f}".rstrip("0").rstrip(".")
+            if abs(value) < 100
+            else f"{value:,.1f}".rstrip("0").rstrip(".")
+        )
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _verdict(figure: dict[str, Any]) -> str:
+    if figure["target"] is None:
+        return "no target (reported)"
+    if figure["value"] is None:
+        return "**not measured**"
+    return "met" if figure["met"] else "**not met**"
+
+
+def _figure_key(figure: dict[str, Any]) -> tuple[int, str]:
+    match = re.match(r"(\d+)(.*)", figure["id"])
+    return (int(match[1]), match[2]) if match else (999, figure["id"])
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_fmt(cell) for cell in row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def _run_section(record: dict[str, Any]) -> list[str]:
+    m, v, cp = record["machine"], record["versions"], record.get("control_plane") or {}
+    tuning = "; ".join(
+        f"{key.removeprefix('control_plane_').removesuffix('_extra_args')}: "
+        + " ".join(f"--{flag}={value}" for flag, value in flags.items())
+        for key, flags in (cp.get("tuning") or {}).items()
+    )
+    rows = [
+        (
+            "date",
+            record["date"]
+            + (" (smoke run: tiny counts, numbers meaningless)" if record.get("smoke") else ""),
+        ),
+        (
+            "machine",
+            f"{m['cpu_model']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, "
+            f"Linux {m['kernel']} ({m['arch']})",
+        ),
+        ("Python", v.get("python")),
+        ("wasmtime-py", v.get("wasmtime_py")),
+        ("Kubernetes", f"{v.get('kubernetes_server')} (kubectl {v.get('kubectl')})"),
+        ("wasmlet", f"{v.get('wasmlet')} (commit {v.get('wasmlet_commit')})"),
+        (
+            "control plane",
+            f"{cp.get('kind')}: "
+            + (
+                "a control plane of the benchmarks' own (role control_plane, own state directory and ports, "
+                f"the shared binaries), up in {_fmt(cp.get('bring_up_s'))} s"
+                if cp.get("kind") == "bench"
+                else "the main cluster in ~/.wasmlet"
+            ),
+        ),
+        ("control plane tuning", tuning or "none (defaults)"),
+    ]
+    return ["## The run", "", *_table(("", ""), rows)]
+
+
+def _summary_section(record: dict[str, Any]) -> list[str]:
+    figures = sorted(
+        (f for result in record["results"].values() for f in result["figures"]),
+        key=_figure_key,
+    )
+    rows = [
+        (
+            f["id"],
+            f["title"],
+            f"{_fmt(f['value'])} {f['unit']}",
+            f"{f['op']} {_fmt(f['target'])} {f['unit']}" if f["target"] is not None else "—",
+            _verdict(f),
+            f["detail"],
+        )
+        for f in figures
+    ]
+    return [
+        "## Figures and targets",
+        "",
+        *_table(("#", "what", "measured", "target", "verdict", "details"), rows),
+    ]
+
+
+def _runtime_start(result: dict[str, Any]) -> list[str]:
+    d = result["data"]
+    return [
+        *_table(
+            ("", "per round (starts/s)"),
+            [
+                ("sequential", ", ".join(map(_fmt, d["sequential_rates"]))),
+                ("concurrent", ", ".join(map(_fmt, d["concurrent_rates"]))),
+            ],
+        ),
+        f"{d['rounds']} rounds of {d['starts_per_round']} starts. Start → exit of one run, sequential: "
+        + ", ".join(f"{k} {v} ms" for k, v in d["start_to_exit_ms"].items() if k != "n"),
+        "",
+    ]
+
+
+def _pods_scale(result: dict[str, Any]) -> list[str]:
+    d = result["data"]
+    rows = []
+    for size, b in d["bursts"].items():
+        cpu = ", ".join(f"{k} {v}" for k, v in sorted(b["cpu"]["cpu_s"].items(), key=lambda kv: -kv[1]))
+        rows.append(
+            (
+                size,
+                b["create_s"],
+                b["all_running_s"],
+                f"{b['per_pod_ms'].get('p50')} / {b['per_pod_ms'].get('p99')}",
+                f"{b['create_to_bound_ms'].get('p50')} / {b['create_to_bound_ms'].get('p99')}",
+                f"{b['bound_to_running_ms'].get('p50')} / {b['bound_to_running_ms'].get('p99')}",
+                f"{b['cpu']['elapsed_s']} s wall: {cpu}",
+            )
+        )
+    lines = [
+        "Bursts (times from the first POST; per-pod clocks start just before each pod's POST):",
+        "",
+        *_table(
+            (
+                "pods",
+                "POSTs done (s)",
+                "all Running (s)",
+                "created → Running p50 / p99 (ms)",
+                "created → bound p50 / p99 (ms)",
+                "bound → Running p50 / p99 (ms)",
+                "CPU seconds during the burst",
+            ),
+            rows,
+        ),
+    ]
+    mem_rows = [
+        (
+            n,
+            f"{int(rss) / 2**20:.1f} MB",
+            f"{d['rss_per_pod_kib'].get(n, '—')} KiB",
+            d["cpu_idle_pct_of_core"].get(n),
+        )
+        for n, rss in d["rss_bytes"].items()
+    ]
+    lines += [
+        "Node memory and idle CPU (RSS after the pods settled; CPU from /proc/<pid>/stat):",
+        "",
+        *_table(("pods", "node RSS", "(RSS(N) - RSS(0)) / N", "idle CPU (% of a core)"), mem_rows),
+        f"Deleting all pods until the node's module threads were gone took {d['clear_s']} s.",
+        "",
+    ]
+    profiled = d.get("profiled_burst")
+    if profiled:
+        lines += _profile_lines(profiled)
+    return lines
+
+
+def _profile_lines(profiled: dict[str, Any]) -> list[str]:
+    burst, profile = profiled["burst"], profiled["profile"]
+    lines = [
+        f"Profile: the same burst again under `py-spy record --rate 50` on the node (on-CPU samples only): "
+        f"{burst['pods']} pods all Running in {_fmt(burst['all_running_s'])} s with the profiler attached; "
+        f"{profile['samples']} samples.",
+        "",
+        *_table(("thread kind", "% of samples"), profile["by_thread_kind_pct"]),
+        *_table(
+            ("pod worker step (called by PodController._sync)", "% of all samples"),
+            profile["pod_worker_steps_pct"],
+        ),
+        *_table(("hottest functions, inclusive", "% of samples"), profile["top_inclusive_pct"][:12]),
+        *_table(("hottest functions, self", "% of samples"), profile["top_self_pct"][:12]),
+    ]
+    return lines
+
+
+def _pod_latency(result: dict[str, Any]) -> list[str]:
+    d = result["data"]
+    rows = [
+        (
+            variant,
+            d[variant]["create_to_running_ms"].get("p50"),
+            d[variant]["create_to_running_ms"].get("p99"),
+            d[variant]["create_to_running_ms"].get("max"),
+            d[variant]["create_to_bound_ms"].get("p50"),
+            d[variant]["bound_to_running_ms"].get("p50"),
+        )
+        for variant in ("scheduled", "bound")
+        if variant in d
+    ]
+    return [
+        *_table(
+            (
+                "variant",
+                "created → Running p50 (ms)",
+                "p99",
+                "max",
+                "created → bound p50",
+                "bound → Running p50",
+            ),
+            rows,
+        ),
+        f"{d['pods']} pods per variant, one at a time (each deleted before the next).",
+        "",
+    ]
+
+
+def _compute(result: dict[str, Any]) -> list[str]:
+    d = result["data"]
+    base = d["median_s"]["bare_wasmtime"]
+    rows = [
+        (k.replace("_", " "), v, f"{base / v:.3f}", ", ".join(map(_fmt, d["seconds"][k])))
+        for k, v in d["median_s"].items()
+    ]
+    return [
+        *_table(("where", "median loop time (s)", "throughput vs bare", "runs (s)"), rows),
+        f"{d['iterations']:,} iterations, checksum {d['checksum']}, the same in every run.",
+        "",
+    ]
+
+
+def _logs(result: dict[str, Any]) -> list[str]:
+    d = result["data"]
+    follow, tp = d["follow"], d["throughput"]
+    base = tp["median_s"]["bare_devnull"]
+    rows = [
+        (k.replace("_", " "), v, tp["per_line_us"][k], f"{(v / base - 1) * 100:+.0f} %")
+        for k, v in tp["median_s"].items()
+    ]
+    return [
+        f"Follow latency over {follow['latency_ms']['n']} lines "
+        f"(one every {_fmt(follow['interval_ms'])} ms): "
+        + ", ".join(f"{k} {v} ms" for k, v in follow["latency_ms"].items() if k != "n"),
+        "",
+        f"Throughput: {tp['lines']:,} lines of {tp['line_bytes']} bytes, median of {tp['reps']} runs each:",
+        "",
+        *_table(("stdout goes to", "median (s)", "µs per line", "cost vs /dev/null"), rows),
+    ]
+
+
+def _cold_start(result: dict[str, Any]) -> list[str]:
+    d = result["data"]
+    med = d["node_level_median_ms"]
+    rows = [(k.replace("_", " "), v, ", ".join(map(_fmt, d["node_level_ms"][k]))) for k, v in med.items()]
+    pods = d["pod_create_to_started_ms"]
+    return [
+        f"Module: fsprobe, {d['module_bytes']:,} bytes (Go, wasip1). Node level, ms (median, then each run):",
+        "",
+        *_table(("step", "median (ms)", "runs"), rows),
+        *_table(
+            ("pod, created → container started", "p50 (ms)", "max (ms)"),
+            [(k, v.get("p50"), v.get("max")) for k, v in pods.items()],
+        ),
+    ]
+
+
+def _make_up(result: dict[str, Any]) -> list[str]:
+    d = result["data"]
+    if not d:
+        return []
+    return [
+        *_table(
+            ("run", "seconds", "PLAY RECAP"),
+            [
+                ("make down", d["make_down_s"], ""),
+                ("make up", d["make_up_s"], d["recap_first"]),
+                ("make up (rerun)", d["make_up_rerun_s"], d["recap_rerun"]),
+            ],
+        ),
+        f"Binaries cached in {d['binaries_cached']['dir']}: {', '.join(d['binaries_cached']['files'])}.",
+        "",
+    ]
+
+
+SECTIONS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "runtime_start": _runtime_start,
+    "pods_scale": _pods_scale,
+    "pod_latency": _pod_latency,
+    "compute": _compute,
+    "logs": _logs,
+    "cold_start": _cold_start,
+    "make_up": _make_up,
+}
+
+
+def _details(record: dict[str, Any], plots: dict[str, list[Path]], docs: Path) -> list[str]:
+    lines = ["## Details", ""]
+    for name, result in record["results"].items():
+        lines += [f"### {TITLES.get(name, name)}", ""]
+        if result.get("error"):
+            lines += [f"**The benchmark failed:** `{result['error']}`", ""]
+            continue
+        lines += SECTIONS[name](result)
+        lines += [f"- {note}" for note in result.get("notes", [])]
+        if result.get("notes"):
+            lines.append("")
+        for image in plots.get(name, []):
+            rel = image.relative_to(docs.parent) if image.is_relative_to(docs.parent) else image
+            lines += [f"![{image.stem}]({rel.as_posix()})", ""]
+        lines.append(f"_Run time of this benchmark: {result['duration_s']:.0f} s._")
+        lines.append("")
+    return lines
+
+
+def _not_measured(record: dict[str, Any]) -> list[str]:
+    items = [f"{name}: {item}" for name, r in record["results"].items() for item in r.get("not_measured", [])]
+    items += [f"{name}: failed ({r['error']})" for name, r in record["results"].items() if r.get("error")]
+    return [
+        "## Not measured",
+        "",
+        *([f"- {i}" for i in items] or ["- everything in the table above was measured"]),
+        "",
+    ]
+
+
+def write(record: dict[str, Any], docs: Path, images: Path, notes: Path | None = None) -> None:
+    """Write the Markdown report to ``docs`` and its plots into ``images``."""
+    docs.parent.mkdir(parents=True, exist_ok=True)
+    from bench import plots
+
+    made = plots.render(record, images)
+    notes = notes or RESULTS_DIR / f"{record['date']}.notes.md"
+    lines = [
+        "# wasmlet performance",
+        "",
+        f"Measured {record['date']} by `make bench` (bench/, see bench/run.py); rendered from "
+        f"`bench/results/{record['date']}.json` by bench/report.py. Numbers come from the runs recorded "
+        "there, on the machine below; targets are the project's (issue 6).",
+        "",
+        *_run_section(record),
+        *_summary_section(record),
+    ]
+    if notes.exists() and not record.get("smoke"):
+        lines += [notes.read_text().rstrip(), ""]
+    lines += _details(record, made, docs)
+    lines += _not_measured(record)
+    docs.write_text("\n".join(lines).rstrip() + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    path = Path(args[0]) if args else max(RESULTS_DIR.glob("*.json"))
+    write(json.loads(path.read_text()), DOCS, IMAGES, path.with_suffix(".notes.md"))
+    print(f"wrote {DOCS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
