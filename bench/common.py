@@ -850,6 +850,20 @@ class PodWatcher:
             return out
 
 
+def settle_threads(pid: int, timeout: float = 30.0, quiet: float = 1.0) -> int:
+    """``pid``'s thread count once it has not changed for ``quiet`` seconds."""
+    deadline = time.monotonic() + timeout
+    last, since = thread_count(pid), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = thread_count(pid)
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return now
+    raise BenchError(f"pid {pid}'s thread count did not settle in {timeout:.0f}s (last {last})")
+
+
 def wait_threads(pid: int, at_most: int, timeout: float) -> int:
     """Wait until ``pid`` runs at most ``at_most`` threads (its module threads are gone)."""
     wait_for(f"pid {pid} to drop to {at_most} threads", lambda: thread_count(pid) <= at_most, timeout, 0.2)
@@ -874,7 +888,9 @@ def py_spy() -> str | None:
 class Profiler:
     """``py-spy record`` on a process, in raw (collapsed stacks) form, until :meth:`stop`."""
 
-    def __init__(self, pid: int, output: Path, rate: int = 50, idle: bool = False) -> None:
+    def __init__(
+        self, pid: int, output: Path, rate: int = 50, *, idle: bool = False, nonblocking: bool = True
+    ) -> None:
         exe = py_spy()
         if exe is None:
             raise BenchError("py-spy is not installed (pip install -e '.[bench]')")
@@ -892,6 +908,8 @@ class Profiler:
         ]
         if idle:
             argv.append("--idle")
+        if nonblocking:  # do not stop the node for every sample: it runs ~1000 threads
+            argv.append("--nonblocking")
         self.output = output
         self.log = output.with_suffix(".log")
         with self.log.open("wb") as out:

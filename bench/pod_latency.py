@@ -24,8 +24,8 @@ from bench.common import (
     pod_manifest,
     push,
     running_node,
+    settle_threads,
     summary,
-    thread_count,
     wait_threads,
     wasm,
 )
@@ -53,7 +53,8 @@ class _Bench:
         with namespace(self.admin, "bench-latency") as ns, PodWatcher(self.cluster, ns) as watcher:
             self.one(ns, watcher, "warm", bind=bind)  # pulls and compiles the module once
             self.admin.delete(f"/api/v1/namespaces/{ns}/pods/warm?gracePeriodSeconds=0")
-            idle_threads = wait_threads(pid, thread_count(pid) - 1, 30)
+            watcher.wait("pod warm to go", watcher.reached("deleted", "warm"), 30)
+            idle_threads = settle_threads(pid)
             self.ctx.quiet()
             names = [f"pod-{index:04d}" for index in range(count)]
             for name in names:

@@ -42,8 +42,8 @@ from bench.common import (
     push,
     rss_bytes,
     running_node,
+    settle_threads,
     summary,
-    thread_count,
     wait_threads,
     wasm,
 )
@@ -209,8 +209,9 @@ def run(ctx: Context) -> Outcome:
             ctx, cluster, admin, node, push("sleep", wasm("sleep_forever"), ctx.workdir), ns, watcher
         )
         scale.burst("warm", 1, 60)
-        idle_threads = thread_count(node.pid) - 1
-        scale.clear(idle_threads)
+        delete_pods(admin, ns)
+        watcher.wait("the warm pod to go", watcher.reached("deleted", "warm-0000"), 60)
+        idle_threads = settle_threads(node.pid)
         ctx.quiet()
         rss0 = _settled_rss(node.pid, settle)
         cpu0 = _idle_cpu(node.pid, min(idle_window, 10))

@@ -129,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="wasmlet-bench-"))
     _log(f"{'smoke' if args.smoke else 'full'} run of {', '.join(args.names)}; scratch {scratch}")
     outcomes: list[Outcome] = []
+    kinds = {name: BENCHMARKS[name][1] for name in args.names}
     with contextlib.ExitStack() as stack:
 
         def cluster_factory() -> Cluster:
@@ -139,15 +140,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         ctx = Context(
             args.smoke, scratch, _log, cluster_factory, profile=not args.no_profile and not args.smoke
         )
-        for name in args.names:
-            if BENCHMARKS[name][1] == "cluster":
-                outcomes.append(_run_one(name, ctx))
+        # On a quiet machine first, then against the control plane.
+        outcomes += [_run_one(name, ctx) for name in args.names if kinds[name] == "runtime"]
+        outcomes += [_run_one(name, ctx) for name in args.names if kinds[name] == "cluster"]
         cluster = ctx._cluster
         record_versions_cluster = cluster if cluster is None or cluster.healthy() else None
         record = _record(args, [], record_versions_cluster)
-    for name in args.names:  # after the bench control plane is gone
-        if BENCHMARKS[name][1] != "cluster":
-            outcomes.append(_run_one(name, ctx))
+    # After the bench control plane is gone: make up restarts the main cluster.
+    outcomes += [_run_one(name, ctx) for name in args.names if kinds[name] == "make"]
     if record["versions"].get("kubernetes_server") is None:
         main = Cluster("main", paths.cluster_dir(), paths.bin_dir(common.kubernetes_version()) / "kubectl")
         record["versions"] = common.versions(main if main.healthy() else None)
