@@ -48,7 +48,10 @@ LINE = 48  # bytes per line of logspam.wat
 START = 6  # "start\n"
 
 
-def _bare(module: bytes, configure: Callable[[wasmtime.WasiConfig], None]) -> float:
+def _bare(
+    module: bytes, configure: Callable[[wasmtime.WasiConfig], None], after: Callable[[], None] | None = None
+) -> float:
+    """Seconds ``_start`` took (and ``after``, e.g. draining the output), setup excluded."""
     engine = wasmtime.Engine()
     linker = wasmtime.Linker(engine)
     linker.define_wasi()
@@ -60,6 +63,8 @@ def _bare(module: bytes, configure: Callable[[wasmtime.WasiConfig], None]) -> fl
     start = start_func(instance, store)
     t0 = time.perf_counter()
     start(store)
+    if after is not None:
+        after()
     took = time.perf_counter() - t0
     del instance, start, store, linker, engine
     gc.collect()
@@ -103,12 +108,13 @@ def pipe_prototype(module: bytes, lines: int, workdir: Path) -> float:
     def configure(wasi: wasmtime.WasiConfig) -> None:
         wasi.stdout_file = f"/proc/self/fd/{write_fd}"
 
+    def drain() -> None:
+        if not drained.wait(120):
+            raise RuntimeError("the pipe reader did not get all the output")
+
     thread = threading.Thread(target=reader, name="bench-pipe-reader", daemon=True)
     thread.start()
-    t0 = time.perf_counter()
-    _bare(module, configure)
-    drained.wait(120)
-    took = time.perf_counter() - t0
+    took = _bare(module, configure, drain)
     os.close(write_fd)
     thread.join(5)
     os.close(read_fd)

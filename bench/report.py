@@ -174,7 +174,7 @@ def _pods_scale(result: dict[str, Any]) -> list[str]:
         (
             n,
             f"{int(rss) / 2**20:.1f} MB",
-            f"{d['rss_per_pod_kib'].get(n, '—')} KiB",
+            f"{d['rss_per_pod_kib'][n]} KiB" if n in d["rss_per_pod_kib"] else "—",
             d["cpu_idle_pct_of_core"].get(n),
         )
         for n, rss in d["rss_bytes"].items()
@@ -183,7 +183,9 @@ def _pods_scale(result: dict[str, Any]) -> list[str]:
         "Node memory and idle CPU (RSS after the pods settled; CPU from /proc/<pid>/stat):",
         "",
         *_table(("pods", "node RSS", "(RSS(N) - RSS(0)) / N", "idle CPU (% of a core)"), mem_rows),
-        f"Deleting all pods until the node's module threads were gone took {d['clear_s']} s.",
+        "Deleting all pods until the node's module threads were gone took "
+        + ", ".join(f"{s} s ({n} pods)" for n, s in d["clear_s"].items())
+        + ".",
         "",
     ]
     profiled = d.get("profiled_burst")
@@ -277,7 +279,17 @@ def _logs(result: dict[str, Any]) -> list[str]:
 def _cold_start(result: dict[str, Any]) -> list[str]:
     d = result["data"]
     med = d["node_level_median_ms"]
-    rows = [(k.replace("_", " "), v, ", ".join(map(_fmt, d["node_level_ms"][k]))) for k, v in med.items()]
+    steps = [
+        f"{phase}_{step}"
+        for phase in ("cold", "warm")
+        for step in ("pull", "compile", "start_to_exit", "total")
+    ]
+    names = {"pull": "pull (warm: store lookup)", "compile": "compile (warm: load the compiled module)"}
+    rows = []
+    for key in [*steps, "hot_start_to_exit"]:
+        phase, step = key.split("_", 1)
+        label = f"{phase}: {names.get(step, step.replace('_', ' '))}"
+        rows.append((label, med.get(key), ", ".join(map(_fmt, d["node_level_ms"].get(key, [])))))
     pods = d["pod_create_to_started_ms"]
     return [
         f"Module: fsprobe, {d['module_bytes']:,} bytes (Go, wasip1). Node level, ms (median, then each run):",
@@ -321,7 +333,8 @@ SECTIONS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
 
 def _details(record: dict[str, Any], plots: dict[str, list[Path]], docs: Path) -> list[str]:
     lines = ["## Details", ""]
-    for name, result in record["results"].items():
+    order = list(TITLES)
+    for name, result in sorted(record["results"].items(), key=lambda kv: order.index(kv[0])):
         lines += [f"### {TITLES.get(name, name)}", ""]
         if result.get("error"):
             lines += [f"**The benchmark failed:** `{result['error']}`", ""]
