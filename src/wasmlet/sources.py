@@ -2,16 +2,21 @@
 
 Everything is read with the node's identity. The Node authorizer lets a node read only the
 ConfigMaps and Secrets of pods bound to it, and request tokens only for the service accounts of
-those pods, bound to the pod. Every read is one GET; a missing object is ``None`` (the caller
-decides whether that is an error), any other failure is an :class:`~wasmlet.podspec.EnvError`
-worded like kubelet's.
+those pods, bound to the pod. A missing object is ``None`` (the caller decides whether that is
+an error), any other failure is an :class:`~wasmlet.podspec.EnvError` worded like kubelet's.
+
+Reads are cached for :data:`CACHE_TTL` seconds, as kubelet's TTL-based ConfigMap and Secret
+managers do: every pod mounts ``kube-root-ca.crt`` through its service account volume, and a
+thousand pods refreshing their volumes each minute then cost one GET, not a thousand.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -20,14 +25,36 @@ import httpx
 from wasmlet.kubeapi import ApiError, Client
 from wasmlet.podspec import EnvError, utf8
 
+CACHE_TTL = 10.0
+
 
 class ApiSources:
     """:class:`wasmlet.podspec.Sources` and :class:`wasmlet.volumes.VolumeSources` backed by the apiserver."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(
+        self, client: Client, *, ttl: float = CACHE_TTL, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.client = client
+        self.ttl = ttl
+        self.clock = clock
+        self._cache: dict[tuple[str, str, str], tuple[float, Mapping[str, Any] | None]] = {}
+        self._lock = threading.Lock()
 
     def _get(self, kind: str, namespace: str, name: str) -> Mapping[str, Any] | None:
+        key = (kind, namespace, name)
+        now = self.clock()
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None and now - cached[0] < self.ttl:
+                return cached[1]
+            # Drop what expired, so objects no pod asks for any more do not stay.
+            self._cache = {k: v for k, v in self._cache.items() if now - v[0] < self.ttl}
+        obj = self._fetch(kind, namespace, name)
+        with self._lock:
+            self._cache[key] = (now, obj)
+        return obj
+
+    def _fetch(self, kind: str, namespace: str, name: str) -> Mapping[str, Any] | None:
         try:
             obj = self.client.get(f"/api/v1/namespaces/{namespace}/{kind}s/{name}")
         except ApiError as exc:

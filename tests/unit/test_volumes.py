@@ -1476,3 +1476,28 @@ def test_any_spec_shape_raises_only_volume_errors(spec: tuple[Any, Any], refresh
 @given(spec=SPECS, refresh=st.booleans())
 def test_hostile_paths_never_give_a_preopen_outside_the_volumes(spec: tuple[Any, Any], refresh: bool) -> None:
     check_spec(*spec, refresh)
+
+
+class CountingClient(FakeClient):
+    def __init__(self, answers: Mapping[str, Any]) -> None:
+        super().__init__(answers)
+        self.calls: list[str] = []
+
+    def get(self, path: str) -> Any:
+        self.calls.append(path)
+        return super().get(path)
+
+
+def test_api_sources_cache_reads_for_their_ttl() -> None:
+    path = "/api/v1/namespaces/shop/configmaps/kube-root-ca.crt"
+    client = CountingClient({path: {"data": {"ca.crt": "PEM"}}})
+    now = [100.0]
+    sources = ApiSources(cast(Client, client), ttl=10, clock=lambda: now[0])
+    for _pod in range(1000):
+        assert sources.configmap_files("shop", "kube-root-ca.crt") == {"ca.crt": b"PEM"}
+    assert sources.configmap("shop", "missing") is None
+    assert sources.configmap("shop", "missing") is None
+    assert client.calls == [path, "/api/v1/namespaces/shop/configmaps/missing"]
+    now[0] += 10
+    sources.configmap_files("shop", "kube-root-ca.crt")
+    assert client.calls[-1] == path and len(client.calls) == 3
