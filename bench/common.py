@@ -181,7 +181,7 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval:
 
 def unique(prefix: str, length: int = 5) -> str:
     alphabet = string.ascii_lowercase + string.digits
-    return f"{prefix}-{''.join(secrets.choice(alphabet) for _ in range(length))}"
+    return f"{prefix}-{''.join(secrets.choice(alphabet) for _index in range(length))}"
 
 
 # -- processes (/proc) ---------------------------------------------------------------------
@@ -715,7 +715,7 @@ def create_pods(
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    clients = [cluster.admin() for _ in range(min(workers, len(manifests)) or 1)]
+    clients = [cluster.admin() for _client in range(min(workers, len(manifests)) or 1)]
     started = time.monotonic()
 
     def create(index: int) -> None:
@@ -934,7 +934,7 @@ def collapsed_stacks(path: Path) -> list[tuple[list[str], int]]:
     """py-spy's raw output: one ``frame;frame;... count`` line per distinct stack (root first)."""
     stacks = []
     for line in path.read_text(errors="replace").splitlines():
-        head, _, count = line.rpartition(" ")
+        head, _space, count = line.rpartition(" ")
         if head and count.isdigit():
             stacks.append((head.split(";"), int(count)))
     return stacks

@@ -103,7 +103,7 @@ def log_span(text: str) -> tuple[float, str]:
 
 
 def _alternate(reps: int, *runs: Callable[[], tuple[float, str]]) -> list[list[tuple[float, str]]]:
-    results: list[list[tuple[float, str]]] = [[] for _ in runs]
+    results: list[list[tuple[float, str]]] = [[] for _run in runs]
     for _rep in range(reps):
         for index, one in enumerate(runs):
             results[index].append(one())

@@ -156,7 +156,7 @@ def follow_latencies(cluster: Cluster, path: str, count: int, timeout: float) ->
             raise RuntimeError(f"GET {path}: {resp.status_code} {resp.text[:300]}")
         for line in resp.iter_lines():
             arrived = time.time_ns()
-            stamp, _, _text = line.partition(" ")
+            stamp, _space, _text = line.partition(" ")
             if not stamp:
                 continue
             written = parse_timestamp(stamp)

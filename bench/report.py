@@ -57,7 +57,7 @@ def _figure_key(figure: dict[str, Any]) -> tuple[int, str]:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _column in header) + "|"]
     lines += ["| " + " | ".join(_fmt(cell) for cell in row) + " |" for row in rows]
     return [*lines, ""]
 
