@@ -47,6 +47,10 @@ class BenchError(Exception):
     """A benchmark could not run (not a missed target: those are results)."""
 
 
+# Things seen along the way that are not figures (e.g. how a node exited); run.py records them.
+OBSERVATIONS: list[str] = []
+
+
 # -- result records ------------------------------------------------------------------------
 
 
@@ -231,7 +235,7 @@ def pids_where(predicate: Callable[[list[str]], bool]) -> list[int]:
 def busy_jobs() -> list[str]:
     """Other heavy jobs on this machine (test suites, playbooks) that would skew a measurement."""
     mine = {os.getpid(), os.getppid()}
-    words = ("pytest", "molecule", "ansible-playbook")
+    words = ("pytest", "molecule", "ansible-playbook", "ansible-test", "make test", ".ci/run")
     return [
         " ".join(cmdline(pid))[:120]
         for pid in pids_where(lambda argv: any(w in " ".join(argv[:3]) for w in words))
@@ -621,7 +625,14 @@ def running_node(
         wait_for("the kubelet API", up(lambda: "kubelet API on https://" in node.log_text()), timeout=60)
         yield node
     finally:
-        node.stop()
+        code = node.stop()
+        if code != 0:
+            panics = node.log_text().count("panicked at")
+            OBSERVATIONS.append(
+                f"wasmlet node {name} exited with {code} on SIGTERM"
+                + (f" after {panics} Rust panics in wasmtime's tokio worker threads" if panics else "")
+                + f" (its output: {node.output})"
+            )
         _delete_quietly(admin, f"/api/v1/nodes/{name}")
         _delete_quietly(admin, f"/apis/certificates.k8s.io/v1/certificatesigningrequests/{name}-tls")
         _delete_quietly(admin, f"/api/v1/namespaces/kube-system/secrets/bootstrap-token-{token.token_id}")

@@ -273,6 +273,18 @@ def _logs(result: dict[str, Any]) -> list[str]:
         f"Throughput: {tp['lines']:,} lines of {tp['line_bytes']} bytes, median of {tp['reps']} runs each:",
         "",
         *_table(("stdout goes to", "median (s)", "µs per line", "cost vs /dev/null"), rows),
+        *_callback_threads(tp.get("callback_threads")),
+    ]
+
+
+def _callback_threads(threads: dict[str, Any] | None) -> list[str]:
+    if not threads:
+        return []
+    where = ", ".join(f"{n} on {name}" for name, n in threads["threads"].items())
+    return [
+        f"Where wasmtime-py ran a `stdout_custom` callback ({threads['callbacks']} writes): {where}. "
+        "Each write from the module is handed to a tokio worker thread, which takes the GIL to call Python.",
+        "",
     ]
 
 
@@ -382,6 +394,9 @@ def write(record: dict[str, Any], docs: Path, images: Path, notes: Path | None =
     if notes.exists() and not record.get("smoke"):
         lines += [notes.read_text().rstrip(), ""]
     lines += _details(record, made, docs)
+    observations = sorted(set(record.get("observations") or []))
+    if observations:
+        lines += ["## Observations", "", *[f"- {o}" for o in observations], ""]
     lines += _not_measured(record)
     docs.write_text("\n".join(lines).rstrip() + "\n")
 

@@ -108,6 +108,7 @@ def _record(args: argparse.Namespace, outcomes: list[Outcome], cluster: Cluster 
             "bring_up_s": round(cluster.bring_up_s, 1) if cluster and cluster.bring_up_s else None,
         },
         "results": {o.name: o.as_dict() for o in outcomes},
+        "observations": common.OBSERVATIONS,
     }
 
 

@@ -64,6 +64,7 @@ def run(ctx: Context) -> Outcome:
     try:
         module = runtime.precompile(source)
         _sequential(runtime, module, 20)  # warm: the first run loads the module into the cache
+        ctx.quiet()
         seq_rates, conc_rates, latencies = [], [], []
         for _round in range(rounds):
             elapsed, lat = _sequential(runtime, module, count)
