@@ -16,15 +16,17 @@ Between bursts every pod is deleted and the node's module threads are waited for
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
-import re
+import shutil
 import time
-from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from bench import profile
 from bench.common import (
+    RESULTS_DIR,
+    ROOT,
     BenchError,
     Cluster,
     Context,
@@ -34,12 +36,12 @@ from bench.common import (
     Outcome,
     PodWatcher,
     Profiler,
-    collapsed_stacks,
     create_pods,
     delete_pods,
     namespace,
     pod_manifest,
     push,
+    py_spy,
     rss_bytes,
     running_node,
     settle_threads,
@@ -50,16 +52,6 @@ from bench.common import (
 from wasmlet.kubeapi import Client
 
 MB = 1024 * 1024
-_FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^:()]*)(?::\d+)?\)$")
-# Which thread a stack belongs to, by the wasmlet function at its root.
-_THREAD_KINDS = [
-    ("_work (wasmlet/pods.py", "pod workers"),
-    ("_watch (wasmlet/pods.py", "pod watch"),
-    ("_run (wasmlet/runtime.py", "module threads"),
-    ("_run_timers (wasmlet/workqueue.py", "work queue timer"),
-    ("run (wasmlet/node.py", "node heartbeat"),
-    ("serve_forever", "kubelet API"),
-]
 
 
 @dataclass
@@ -76,56 +68,6 @@ class Burst:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-def _frame(text: str) -> tuple[str, str]:
-    match = _FRAME.match(text)
-    return (match["func"], match["file"]) if match else (text, "")
-
-
-def summarize_profile(path: Path, top: int = 15) -> dict[str, Any]:
-    """Where the sampled CPU went: per thread kind, per pod-worker step, top self and inclusive frames."""
-    stacks = collapsed_stacks(path)
-    total = sum(count for _frames, count in stacks) or 1
-    kinds: Counter[str] = Counter()
-    worker_steps: Counter[str] = Counter()
-    self_time: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
-    for frames, count in stacks:
-        joined = ";".join(frames)
-        kind = next((name for marker, name in _THREAD_KINDS if marker in joined), "other")
-        kinds[kind] += count
-        names = [f"{func} ({file})" for func, file in map(_frame, frames)]
-        self_time[names[-1]] += count
-        for name in set(names):
-            inclusive[name] += count
-        if kind == "pod workers":
-            worker_steps[_worker_step(names)] += count
-
-    def share(counter: Counter[str], limit: int) -> list[tuple[str, float]]:
-        return [(name, round(100 * n / total, 1)) for name, n in counter.most_common(limit)]
-
-    return {
-        "samples": total,
-        "by_thread_kind_pct": share(kinds, 10),
-        "pod_worker_steps_pct": share(worker_steps, 12),
-        "top_self_pct": share(self_time, top),
-        "top_inclusive_pct": share(inclusive, top),
-    }
-
-
-def _worker_step(names: list[str]) -> str:
-    """The pod controller step a worker sample is in: the frame right under ``_sync``."""
-    for index, name in enumerate(names):
-        if name.startswith("_sync (wasmlet/pods.py") and index + 1 < len(names):
-            step = names[index + 1]
-            for deeper in names[index + 2 :]:  # _sync_container → _pull / _start ...
-                if "(wasmlet/" in deeper and not deeper.startswith("_sync_container"):
-                    if step.startswith("_sync_container"):
-                        step = f"{step} → {deeper}"
-                    break
-            return step
-    return "outside _sync"
 
 
 @dataclass
@@ -226,12 +168,16 @@ def run(ctx: Context) -> Outcome:
             if size == sizes[-1]:
                 cpu_idle[size] = round(_idle_cpu(node.pid, idle_window), 3)
             cleared[size] = round(scale.clear(idle_threads), 1)
-        profile = _profiled_burst(scale, sizes[-1], timeout, idle_threads) if ctx.profile else None
+        profiled = None
+        if ctx.profile and py_spy() is not None:
+            profiled = _profiled_burst(scale, sizes[-1], timeout, idle_threads)
+        elif ctx.profile:
+            out.not_measured.append("no profile of the node: py-spy is not installed (the bench extra)")
     _report(
         out, sizes=sizes, bursts=bursts, rss=rss, cpu_idle=cpu_idle, cleared=cleared, idle_window=idle_window
     )
-    if profile is not None:
-        out.data["profiled_burst"] = profile
+    if profiled is not None:
+        out.data["profiled_burst"] = profiled
     return out
 
 
@@ -243,10 +189,14 @@ def _profiled_burst(scale: _Scale, size: int, timeout: float, idle_threads: int)
     burst = scale.burst("prof", size, timeout)
     profiler.stop()
     scale.clear(idle_threads)
+    kept = path
+    if not scale.ctx.smoke:  # the evidence goes with the results
+        kept = RESULTS_DIR / f"{dt.date.today().isoformat()}-node-burst.pyspy.txt"
+        shutil.copyfile(path, kept)
     return {
         "burst": {k: v for k, v in burst.as_dict().items() if k != "timeline"},
-        "profile": summarize_profile(path),
-        "raw": str(path),
+        "profile": profile.summarize(path),
+        "raw": str(kept.relative_to(ROOT) if kept.is_relative_to(ROOT) else kept),
     }
 
 

@@ -199,12 +199,16 @@ def _profile_lines(profiled: dict[str, Any]) -> list[str]:
     lines = [
         f"Profile: the same burst again under `py-spy record --rate 50` on the node (on-CPU samples only): "
         f"{burst['pods']} pods all Running in {_fmt(burst['all_running_s'])} s with the profiler attached; "
-        f"{profile['samples']} samples.",
+        f"{profile['samples']} samples; the collapsed stacks are in `{profiled.get('raw')}`.",
         "",
         *_table(("thread kind", "% of samples"), profile["by_thread_kind_pct"]),
         *_table(
             ("pod worker step (called by PodController._sync)", "% of all samples"),
             profile["pod_worker_steps_pct"],
+        ),
+        *_table(
+            ("innermost wasmlet function (CPU under it, libraries included)", "% of samples"),
+            profile.get("innermost_wasmlet_function_pct", [])[:12],
         ),
         *_table(("hottest functions, inclusive", "% of samples"), profile["top_inclusive_pct"][:12]),
         *_table(("hottest functions, self", "% of samples"), profile["top_self_pct"][:12]),

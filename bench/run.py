@@ -138,9 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return common.main_cluster(_log)
             return stack.enter_context(common.bench_control_plane(_log, keep=args.keep_control_plane))
 
-        ctx = Context(
-            args.smoke, scratch, _log, cluster_factory, profile=not args.no_profile and not args.smoke
-        )
+        ctx = Context(args.smoke, scratch, _log, cluster_factory, profile=not args.no_profile)
         # On a quiet machine first, then against the control plane.
         outcomes += [_run_one(name, ctx) for name in args.names if kinds[name] == "runtime"]
         outcomes += [_run_one(name, ctx) for name in args.names if kinds[name] == "cluster"]
