@@ -656,7 +656,10 @@ class PodController:
     # -- reporting ---------------------------------------------------------------------
     def _report(self, key: str, run: PodRun) -> None:
         status = pod_status(run, self.config.node_ip)
-        if status == run.last_status:
+        # Also when the apiserver's copy was changed by someone else: the node lifecycle
+        # controller marks pods not Ready while their node is unreachable, and the kubelet puts
+        # its own view back (as kubelet's status manager reconciles).
+        if status == run.last_status and _agrees(run.pod.get("status") or {}, status):
             return
         meta = run.pod["metadata"]
         try:
@@ -753,6 +756,15 @@ def _unsupported(spec: dict[str, Any]) -> str:
         if spec.get(field_name):
             return f"{field_name} is not supported by wasmlet: {reason} (container {spec['name']})"
     return ""
+
+
+def _agrees(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    """Whether the pod's status in the apiserver has the phase and conditions we report."""
+
+    def conditions(status: Mapping[str, Any]) -> set[tuple[str, str]]:
+        return {(str(c.get("type")), str(c.get("status"))) for c in status.get("conditions") or []}
+
+    return current.get("phase") == desired.get("phase") and conditions(desired) <= conditions(current)
 
 
 def _metadata_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:

@@ -105,6 +105,14 @@ def test_apiserver_down_for_a_minute_workloads_keep_running_and_everything_resum
     assert node_pods.get(finishing)["status"]["phase"] == "Succeeded"
     assert node_pods.container(looping)["restartCount"] == 0
     assert "running" in node_pods.container(looping)["state"]
+
+    # The node lifecycle controller marked the pods not Ready while the node was silent; the
+    # node puts its own view back.
+    def ready() -> bool:
+        conditions = node_pods.get(looping)["status"]["conditions"]
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+    wait_for(f"pod {looping} Ready again", ready, timeout=60)
     # The watch resumed: a pod created now starts.
     fresh = node_pods.create(unique("after"), push_wat(registry, "hello_loop", tmp_path))
     node_pods.wait_state(fresh, "running", timeout=90)

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from wasmlet.pods import ContainerRun, PodRun, _resume, pod_status
+from wasmlet.pods import ContainerRun, PodRun, _agrees, _resume, pod_status
 
 
 def run_with(
@@ -113,3 +113,16 @@ def test_a_container_in_back_off_resumes_as_a_restart() -> None:
     assert crun.restart_count == 4  # the next start makes it 5
     assert crun.exit is not None and crun.exit.exit_code == 1
     assert crun.ever_started
+
+
+def test_a_status_changed_by_someone_else_is_reported_again() -> None:
+    run = run_with({"running": {"startedAt": "2026-11-30T00:00:00Z"}})
+    ours = pod_status(run, "127.0.0.2")
+    assert _agrees(ours, ours)
+    # The node lifecycle controller marked the pod not Ready while the node was unreachable.
+    marked = {
+        **ours,
+        "conditions": [{**c, "status": "False"} if c["type"] == "Ready" else c for c in ours["conditions"]],
+    }
+    assert not _agrees(marked, ours)
+    assert not _agrees({}, ours)
