@@ -461,12 +461,13 @@ class Cluster:
 BENCH_CONTROL_PLANE_VARS: dict[str, Any] = {
     "control_plane_cluster_name": "wasmlet-bench",
     "control_plane_service_manager": "supervise",
-    "control_plane_apiserver_port": 26443,
-    "control_plane_etcd_client_port": 22379,
-    "control_plane_etcd_peer_port": 22380,
-    "control_plane_etcd_metrics_port": 22381,
-    "control_plane_controller_manager_port": 30257,
-    "control_plane_scheduler_port": 30259,
+    # Ports no test or molecule scenario uses (molecule default has 26443/2238x/3025x).
+    "control_plane_apiserver_port": 36443,
+    "control_plane_etcd_client_port": 32379,
+    "control_plane_etcd_peer_port": 32380,
+    "control_plane_etcd_metrics_port": 32381,
+    "control_plane_controller_manager_port": 33257,
+    "control_plane_scheduler_port": 33259,
 }
 
 # What a kubelet density benchmark tunes so that the control plane's client-side rate limits
