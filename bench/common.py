@@ -590,10 +590,21 @@ def _approve(admin: Client, csr_name: str) -> bool:
 
 @contextlib.contextmanager
 def running_node(
-    cluster: Cluster, admin: Client, workdir: Path, prefix: str, *, max_pods: int = 110, ip: str = NODE_IP
+    cluster: Cluster,
+    admin: Client,
+    workdir: Path,
+    prefix: str,
+    *,
+    max_pods: int = 110,
+    ip: str = NODE_IP,
+    pod_workers: int | None = None,
 ) -> Iterator[Node]:
     """A real ``wasmlet`` process joined to ``cluster`` by TLS bootstrap, its serving certificate
-    approved, pulling from the local registry; stopped and its Node deleted afterwards."""
+    approved, pulling from the local registry; stopped and its Node deleted afterwards.
+
+    ``pod_workers`` (an experiment, not a wasmlet setting): start the same command with
+    ``wasmlet.pods.WORKERS`` set to that many pod workers first.
+    """
     name = unique(prefix)
     data_dir = workdir / name
     token = tokens.create(admin, description="wasmlet benchmark node")
@@ -601,8 +612,12 @@ def running_node(
         data_dir / "config" / "bootstrap.conf", kubeconfig.load(cluster.kubeconfig), token.token
     )
     output = workdir / f"{name}.out"
+    command = [str(BIN / "wasmlet")]
+    if pod_workers is not None:
+        patch = f"import sys, wasmlet.pods, wasmlet.cli; wasmlet.pods.WORKERS = {int(pod_workers)}; "
+        command = [sys.executable, "-c", patch + "sys.exit(wasmlet.cli.main(sys.argv[1:]))"]
     argv = [
-        str(BIN / "wasmlet"),
+        *command,
         *("--node-name", name, "--hostname", name, "--node-ip", ip, "--port", "10250"),
         *("--data-dir", str(data_dir), "--max-pods", str(max_pods), "--insecure-registries", REGISTRY),
     ]

@@ -20,7 +20,9 @@ import datetime as dt
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench import profile
@@ -134,6 +136,37 @@ def _idle_cpu(pid: int, seconds: float) -> float:
     return 100 * meter.stop()["node"] / meter.elapsed
 
 
+def _keep(ctx: Context, path: Path) -> str:
+    """Keep a raw profile with the results (full runs); its path, relative to the checkout."""
+    if ctx.smoke:
+        return str(path)
+    kept = RESULTS_DIR / f"{dt.date.today().isoformat()}-{path.name}"
+    shutil.copyfile(path, kept)
+    return str(kept.relative_to(ROOT))
+
+
+def _fresh(scale: _Scale) -> int:
+    """Run one pod (pulls and compiles the module), delete it; the node's idle thread count."""
+    scale.burst("warm", 1, 60)
+    delete_pods(scale.admin, scale.ns)
+    scale.watcher.wait("the warm pod to go", scale.watcher.reached("deleted", "warm-0000"), 60)
+    return settle_threads(scale.node.pid)
+
+
+@contextlib.contextmanager
+def _scale_node(
+    ctx: Context, cluster: Cluster, image: str, pod_workers: int | None = None
+) -> Iterator[_Scale]:
+    prefix = "bench-scale" if pod_workers is None else "bench-workers"
+    with (
+        cluster.admin() as admin,
+        running_node(cluster, admin, ctx.workdir, prefix, max_pods=1100, pod_workers=pod_workers) as node,
+        namespace(admin, prefix) as ns,
+        PodWatcher(cluster, ns) as watcher,
+    ):
+        yield _Scale(ctx, cluster, admin, node, image, ns, watcher)
+
+
 def run(ctx: Context) -> Outcome:
     out = Outcome("pods_scale")
     sizes = [ctx.scale(100, 5), ctx.scale(1000, 20)]
@@ -141,62 +174,102 @@ def run(ctx: Context) -> Outcome:
     idle_window = ctx.seconds(30, 3)
     timeout = ctx.seconds(300, 60)
     cluster = ctx.cluster()
-    with (
-        cluster.admin() as admin,
-        running_node(cluster, admin, ctx.workdir, "bench-scale", max_pods=1100) as node,
-        namespace(admin, "bench-scale") as ns,
-        PodWatcher(cluster, ns) as watcher,
-    ):
-        scale = _Scale(
-            ctx, cluster, admin, node, push("sleep", wasm("sleep_forever"), ctx.workdir), ns, watcher
-        )
-        scale.burst("warm", 1, 60)
-        delete_pods(admin, ns)
-        watcher.wait("the warm pod to go", watcher.reached("deleted", "warm-0000"), 60)
-        idle_threads = settle_threads(node.pid)
+    image = push("sleep", wasm("sleep_forever"), ctx.workdir)
+    profiling = ctx.profile and py_spy() is not None
+    if ctx.profile and not profiling:
+        out.not_measured.append("no profiles of the node: py-spy is not installed (the bench extra)")
+    profiles: dict[str, Any] = {}
+    with _scale_node(ctx, cluster, image) as scale:
+        pid = scale.node.pid
+        idle_threads = _fresh(scale)
         ctx.quiet()
-        rss0 = _settled_rss(node.pid, settle)
-        cpu0 = _idle_cpu(node.pid, min(idle_window, 10))
+        rss = {0: _settled_rss(pid, settle)}
+        cpu_idle = {0: round(_idle_cpu(pid, min(idle_window, 10)), 3)}
         bursts: dict[int, Burst] = {}
-        rss: dict[int, int] = {0: rss0}
         cleared: dict[int, float] = {}
-        cpu_idle: dict[int, float] = {0: round(cpu0, 3)}
         for size in sizes:
             ctx.quiet()
             bursts[size] = scale.burst(f"b{size}", size, timeout)
-            rss[size] = _settled_rss(node.pid, settle)
+            rss[size] = _settled_rss(pid, settle)
             if size == sizes[-1]:
-                cpu_idle[size] = round(_idle_cpu(node.pid, idle_window), 3)
+                cpu_idle[size] = round(_idle_cpu(pid, idle_window), 3)
+                if profiling:
+                    profiles["idle"] = _idle_profile(scale, ctx.seconds(20, 2))
             cleared[size] = round(scale.clear(idle_threads), 1)
-        profiled = None
-        if ctx.profile and py_spy() is not None:
-            profiled = _profiled_burst(scale, sizes[-1], timeout, idle_threads)
-        elif ctx.profile:
-            out.not_measured.append("no profile of the node: py-spy is not installed (the bench extra)")
+        if profiling:
+            profiles["burst"] = _profiled_burst(scale, sizes[-1], timeout, idle_threads)
     _report(
         out, sizes=sizes, bursts=bursts, rss=rss, cpu_idle=cpu_idle, cleared=cleared, idle_window=idle_window
     )
-    if profiled is not None:
-        out.data["profiled_burst"] = profiled
+    out.data["profiles"] = profiles
+    out.data["workers_experiment"] = _workers_experiment(ctx, cluster, image, sizes[-1], timeout)
+    _experiment_figure(out, out.data["workers_experiment"])
     return out
 
 
+EXPERIMENT_WORKERS = 16
+
+
+def _workers_experiment(
+    ctx: Context, cluster: Cluster, image: str, size: int, timeout: float
+) -> dict[str, Any]:
+    """The same burst on a node started with more pod workers (wasmlet.pods.WORKERS patched)."""
+    with _scale_node(ctx, cluster, image, pod_workers=EXPERIMENT_WORKERS) as scale:
+        idle_threads = _fresh(scale)
+        ctx.quiet()
+        burst = scale.burst(f"w{size}", size, timeout)
+        scale.clear(idle_threads)
+    return {"pod_workers": EXPERIMENT_WORKERS, **burst.as_dict()}
+
+
+def _experiment_figure(out: Outcome, experiment: dict[str, Any]) -> None:
+    cpu = experiment["cpu"]["cpu_s"]
+    busiest = ", ".join(f"{k} {v:.1f} s" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]))
+    out.add(
+        Figure(
+            "2d",
+            f"experiment: the same burst on a node with {experiment['pod_workers']} pod workers "
+            "(wasmlet.pods.WORKERS patched at start; wasmlet ships 4)",
+            experiment["all_running_s"],
+            "s",
+            detail=f"per pod p50 {experiment['per_pod_ms'].get('p50')} ms, p99 "
+            f"{experiment['per_pod_ms'].get('p99')} ms; CPU in the burst ({experiment['cpu']['elapsed_s']} s "
+            f"wall): {busiest}",
+        )
+    )
+
+
+def _idle_profile(scale: _Scale, seconds: float) -> dict[str, Any]:
+    """Where the node's idle CPU goes with all the pods running (on-CPU samples only)."""
+    path = scale.ctx.workdir / "node-idle.pyspy.txt"
+    profiler = Profiler(scale.node.pid, path, rate=50)
+    meter = CpuMeter({"node": scale.node.pid}).start()
+    time.sleep(seconds)
+    meter.stop()
+    profiler.stop()
+    return {
+        "seconds": seconds,
+        "cpu": meter.as_dict(),
+        "profile": profile.summarize(path),
+        "raw": _keep(scale.ctx, path),
+    }
+
+
 def _profiled_burst(scale: _Scale, size: int, timeout: float, idle_threads: int) -> dict[str, Any]:
+    """The burst again under py-spy with idle samples: the pod workers' wall time, by purpose."""
     scale.ctx.quiet()
     path = scale.ctx.workdir / "node-burst.pyspy.txt"
-    profiler = Profiler(scale.node.pid, path, rate=50)
+    profiler = Profiler(scale.node.pid, path, rate=10, idle=True)
     time.sleep(1)
     burst = scale.burst("prof", size, timeout)
     profiler.stop()
     scale.clear(idle_threads)
-    kept = path
-    if not scale.ctx.smoke:  # the evidence goes with the results
-        kept = RESULTS_DIR / f"{dt.date.today().isoformat()}-node-burst.pyspy.txt"
-        shutil.copyfile(path, kept)
     return {
+        "rate_hz": 10,
+        "idle_samples": True,
         "burst": {k: v for k, v in burst.as_dict().items() if k != "timeline"},
         "profile": profile.summarize(path),
-        "raw": str(kept.relative_to(ROOT) if kept.is_relative_to(ROOT) else kept),
+        "raw": _keep(scale.ctx, path),
     }
 
 

@@ -73,6 +73,19 @@ def worker_step(frames: list[Frame]) -> str:
     return "outside _sync (waiting for work, queue)"
 
 
+def worker_purpose(frames: list[Frame]) -> str:
+    """What a pod-worker sample is for: its innermost wasmlet function outside the API client
+    (the caller of an apiserver request), or waiting for work."""
+    ours = [f for f in frames if f.wasmlet and f.file != "wasmlet/kubeapi.py"]
+    if not ours:
+        return "(no wasmlet frame)"
+    inner = ours[-1]
+    if inner.file == "wasmlet/workqueue.py" or inner.short == "_work":
+        return "waiting for work (WorkQueue.get)"
+    api = any(f.file == "wasmlet/kubeapi.py" for f in frames)
+    return f"{inner.func}{' → apiserver request' if api else ''}"
+
+
 def summarize(path: Path, top: int = 15) -> dict[str, Any]:
     """Shares of the samples: per thread kind, per pod-worker step, hottest functions."""
     stacks = collapsed_stacks(path)
@@ -82,6 +95,7 @@ def summarize(path: Path, top: int = 15) -> dict[str, Any]:
     self_time: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     wasmlet_leaf: Counter[str] = Counter()
+    purposes: Counter[str] = Counter()  # pod workers: the wasmlet function the time is spent for
     for texts, count in stacks:
         frames = [parse_frame(t) for t in texts]
         kind = thread_kind(frames)
@@ -93,12 +107,18 @@ def summarize(path: Path, top: int = 15) -> dict[str, Any]:
         wasmlet_leaf[str(ours[-1]) if ours else "(no wasmlet frame)"] += count
         if kind == "pod workers":
             steps[worker_step(frames)] += count
+            purposes[worker_purpose(frames)] += count
 
     def share(counter: Counter[str], limit: int) -> list[tuple[str, float]]:
         return [(name, round(100 * n / total, 1)) for name, n in counter.most_common(limit)]
 
+    workers = kinds["pod workers"] or 1
     return {
         "samples": total,
+        "pod_worker_samples": kinds["pod workers"],
+        "pod_worker_purpose_pct_of_workers": [
+            (name, round(100 * n / workers, 1)) for name, n in purposes.most_common(15)
+        ],
         "by_thread_kind_pct": share(kinds, 10),
         "pod_worker_steps_pct": share(steps, 12),
         "innermost_wasmlet_function_pct": share(wasmlet_leaf, top),

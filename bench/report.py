@@ -188,32 +188,63 @@ def _pods_scale(result: dict[str, Any]) -> list[str]:
         + ".",
         "",
     ]
-    profiled = d.get("profiled_burst")
-    if profiled:
-        lines += _profile_lines(profiled)
+    experiment = d.get("workers_experiment")
+    if experiment:
+        cpu = ", ".join(
+            f"{k} {v}" for k, v in sorted(experiment["cpu"]["cpu_s"].items(), key=lambda kv: -kv[1])
+        )
+        lines += [
+            f"Experiment (not a shipped setting): a node started with `wasmlet.pods.WORKERS = "
+            f"{experiment['pod_workers']}` (wasmlet has 4): {experiment['pods']} pods all Running in "
+            f"{_fmt(experiment['all_running_s'])} s (POSTs done in {experiment['create_s']} s); "
+            f"per pod p50 / p99 {experiment['per_pod_ms'].get('p50')} / "
+            f"{experiment['per_pod_ms'].get('p99')} ms; bound → Running p50 "
+            f"{experiment['bound_to_running_ms'].get('p50')} ms; CPU seconds during the burst "
+            f"({experiment['cpu']['elapsed_s']} s wall): {cpu}.",
+            "",
+        ]
+    profiles = d.get("profiles") or {}
+    if "burst" in profiles:
+        lines += _burst_profile(profiles["burst"])
+    if "idle" in profiles:
+        lines += _idle_profile(profiles["idle"])
     return lines
 
 
-def _profile_lines(profiled: dict[str, Any]) -> list[str]:
+def _burst_profile(profiled: dict[str, Any]) -> list[str]:
     burst, profile = profiled["burst"], profiled["profile"]
-    lines = [
-        f"Profile: the same burst again under `py-spy record --rate 50` on the node (on-CPU samples only): "
-        f"{burst['pods']} pods all Running in {_fmt(burst['all_running_s'])} s with the profiler attached; "
-        f"{profile['samples']} samples; the collapsed stacks are in `{profiled.get('raw')}`.",
+    return [
+        f"Profile of a burst: the {burst['pods']}-pod burst again under `py-spy record --idle --rate "
+        f"{profiled['rate_hz']} --nonblocking` on the node (idle samples included, so a thread's samples are "
+        f"its wall time): all Running in {_fmt(burst['all_running_s'])} s with the profiler attached; "
+        f"{profile['samples']} samples, {profile['pod_worker_samples']} of them in the pod workers; "
+        f"collapsed stacks in `{profiled.get('raw')}`.",
         "",
-        *_table(("thread kind", "% of samples"), profile["by_thread_kind_pct"]),
         *_table(
-            ("pod worker step (called by PodController._sync)", "% of all samples"),
-            profile["pod_worker_steps_pct"],
+            ("what the pod workers' wall time went to", "% of pod-worker samples"),
+            profile["pod_worker_purpose_pct_of_workers"],
         ),
+        *_table(("thread kind", "% of all samples"), profile["by_thread_kind_pct"]),
+        *_table(("hottest functions, self (all threads)", "% of all samples"), profile["top_self_pct"][:10]),
+    ]
+
+
+def _idle_profile(profiled: dict[str, Any]) -> list[str]:
+    profile = profiled["profile"]
+    cpu = profiled["cpu"]
+    pct = 100 * cpu["cpu_s"].get("node", 0) / max(cpu["elapsed_s"], 1e-9)
+    return [
+        f"Profile of the idle node with all the pods running: `py-spy record --rate 50 --nonblocking` for "
+        f"{_fmt(profiled['seconds'])} s (on-CPU samples only; the node used {pct:.1f} % of a core meanwhile, "
+        f"the profiler attached); {profile['samples']} samples; collapsed stacks in `{profiled.get('raw')}`.",
+        "",
         *_table(
             ("innermost wasmlet function (CPU under it, libraries included)", "% of samples"),
-            profile.get("innermost_wasmlet_function_pct", [])[:12],
+            profile["innermost_wasmlet_function_pct"][:10],
         ),
-        *_table(("hottest functions, inclusive", "% of samples"), profile["top_inclusive_pct"][:12]),
-        *_table(("hottest functions, self", "% of samples"), profile["top_self_pct"][:12]),
+        *_table(("thread kind", "% of samples"), profile["by_thread_kind_pct"]),
+        *_table(("hottest functions, self", "% of samples"), profile["top_self_pct"][:10]),
     ]
-    return lines
 
 
 def _pod_latency(result: dict[str, Any]) -> list[str]:
