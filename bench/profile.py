@@ -83,7 +83,7 @@ def worker_purpose(frames: list[Frame]) -> str:
     if inner.file == "wasmlet/workqueue.py" or inner.short == "_work":
         return "waiting for work (WorkQueue.get)"
     api = any(f.file == "wasmlet/kubeapi.py" for f in frames)
-    return f"{inner.func}{' → apiserver request' if api else ''}"
+    return f"{inner}{' → apiserver request' if api else ''}"
 
 
 def summarize(path: Path, top: int = 15) -> dict[str, Any]:
