@@ -307,6 +307,18 @@ class Execution:
             return EXIT_START_FAILED, "Error", str(exc)
         try:
             store = self._store()
+        except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
+            return EXIT_START_FAILED, "Error", f"cannot start {spec.module}: {_cause(exc)}"
+        try:
+            return self._run_in(store, ready)
+        finally:
+            # Free the WASI context now, not when the garbage collector gets to it: it holds the
+            # preopened directories open (the volumes of a pod that may be gone already).
+            store.close()
+
+    def _run_in(self, store: wasmtime.Store, ready: wasmtime.InstancePre) -> tuple[int, str, str]:
+        spec = self._spec
+        try:
             instance = ready.instantiate(store)
         except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
             # An unexported memory is not in the module's type information; wasmtime's refusal says it.

@@ -200,5 +200,9 @@ def test_creating_and_deleting_hundreds_of_pods_leaks_nothing(
     after = _process(node.process.pid)
     new_fds = sorted(set(after["fds"]) - set(before["fds"]))
     assert after["threads"] <= before["threads"] + 2, (before["threads"], after["threads"])
-    assert len(after["fds"]) <= len(before["fds"]) + 5, new_fds
+    # Sockets come and go with the HTTP connection pool (bounded); files and directories must not.
+    files_before = [fd for fd in before["fds"] if not fd.startswith("socket:")]
+    files_after = [fd for fd in after["fds"] if not fd.startswith("socket:")]
+    assert len(files_after) <= len(files_before) + 2, new_fds
+    assert len(after["fds"]) <= len(before["fds"]) + 20, new_fds
     assert after["rss_kib"] <= before["rss_kib"] + 32 * 1024, (before["rss_kib"], after["rss_kib"])

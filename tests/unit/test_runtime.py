@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -353,6 +355,29 @@ def test_preopened_directories_honour_read_only(runtime: Runtime, tmp_path: Path
     assert status.exit_code != 0 and not (shared / "new.txt").exists()
     status, _output = run(runtime, tmp_path, wat, preopens=[(shared, "/data", False)])
     assert status.exit_code == 0 and (shared / "new.txt").exists()
+
+
+
+def test_a_finished_module_holds_no_preopened_directory_open(runtime: Runtime, tmp_path: Path) -> None:
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    module = runtime.precompile(wasm_file(tmp_path, sleeper(60)))
+    gc.disable()  # the store must be freed when the module ends, not by a later collection
+    try:
+        for _run in range(3):  # stopped in its sleep: the host call raises through wasmtime-py
+            out = Output()
+            execution = runtime.start(spec(module, out, preopens=[(volume, "/v", False)]), out.on_exit)
+            time.sleep(0.1)
+            execution.stop(1)
+            assert execution.wait(2) is not None
+        held = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd") if _is_link(fd)]
+    finally:
+        gc.enable()
+    assert str(volume) not in held
+
+
+def _is_link(fd: str) -> bool:
+    return os.path.islink(f"/proc/self/fd/{fd}")
 
 
 _HEADER = b"\0asm\x01\0\0\0"
