@@ -357,7 +357,6 @@ def test_preopened_directories_honour_read_only(runtime: Runtime, tmp_path: Path
     assert status.exit_code == 0 and (shared / "new.txt").exists()
 
 
-
 def test_a_finished_module_holds_no_preopened_directory_open(runtime: Runtime, tmp_path: Path) -> None:
     volume = tmp_path / "volume"
     volume.mkdir()
