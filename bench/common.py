@@ -243,7 +243,7 @@ def busy_jobs() -> list[str]:
     ]
 
 
-def wait_quiet(log: Callable[[str], None], limit: float = 1800.0) -> None:
+def wait_quiet(log: Callable[[str], None], limit: float = 3600.0) -> None:
     """Wait (bounded) until no test suite or playbook runs, so measurements own the CPU."""
     deadline = time.monotonic() + limit
     while jobs := busy_jobs():
