@@ -206,6 +206,8 @@ def _pods_scale(result: dict[str, Any]) -> list[str]:
     profiles = d.get("profiles") or {}
     if "burst" in profiles:
         lines += _burst_profile(profiles["burst"])
+    if "burst_cpu" in profiles:
+        lines += _cpu_profile(profiles["burst_cpu"])
     if "idle" in profiles:
         lines += _idle_profile(profiles["idle"])
     return lines
@@ -226,6 +228,24 @@ def _burst_profile(profiled: dict[str, Any]) -> list[str]:
         ),
         *_table(("thread kind", "% of all samples"), profile["by_thread_kind_pct"]),
         *_table(("hottest functions, self (all threads)", "% of all samples"), profile["top_self_pct"][:10]),
+    ]
+
+
+def _cpu_profile(profiled: dict[str, Any]) -> list[str]:
+    burst, profile = profiled["burst"], profiled["profile"]
+    node_cpu = burst["cpu"]["cpu_s"].get("wasmlet node")
+    return [
+        f"Profile of the node's CPU in a burst: the {burst['pods']}-pod burst once more under `py-spy record "
+        f"--rate {profiled['rate_hz']} --nonblocking` (on-CPU samples only): all Running in "
+        f"{_fmt(burst['all_running_s'])} s, the node used {node_cpu} CPU seconds; "
+        f"{profile['samples']} samples; collapsed stacks in `{profiled.get('raw')}`.",
+        "",
+        *_table(("thread kind", "% of the node's CPU samples"), profile["by_thread_kind_pct"]),
+        *_table(
+            ("innermost wasmlet function (CPU under it, libraries included)", "% of samples"),
+            profile["innermost_wasmlet_function_pct"][:12],
+        ),
+        *_table(("hottest functions, self", "% of samples"), profile["top_self_pct"][:12]),
     ]
 
 
