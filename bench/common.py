@@ -843,8 +843,9 @@ class PodWatcher:
             self.cond.notify_all()
 
     def mark_created(self, name: str) -> None:
+        """The clock of pod ``name`` starts now (a pod created again under the same name starts over)."""
         with self.cond:
-            self.times.setdefault(name, PodTimes()).created = time.monotonic()
+            self.times[name] = PodTimes(created=time.monotonic())
 
     def wait(self, what: str, predicate: Callable[[], bool], timeout: float) -> None:
         """Wait until ``predicate()`` (called with the lock held) is true."""

@@ -187,20 +187,35 @@ def run(ctx: Context) -> Outcome:
         cpu_idle = {0: round(_idle_cpu(pid, min(idle_window, 10)), 3)}
         bursts: dict[int, Burst] = {}
         cleared: dict[int, float] = {}
+        repeats: dict[int, list[float | None]] = {}
         for size in sizes:
-            ctx.quiet()
-            bursts[size] = scale.burst(f"b{size}", size, timeout)
-            rss[size] = _settled_rss(pid, settle)
-            if size == sizes[-1]:
-                cpu_idle[size] = round(_idle_cpu(pid, idle_window), 3)
-                if profiling:
-                    profiles["idle"] = _idle_profile(scale, ctx.seconds(20, 2))
-            cleared[size] = round(scale.clear(idle_threads), 1)
+            runs = []
+            for index in range(ctx.scale(3, 2) if size == sizes[-1] else 1):
+                ctx.quiet()
+                runs.append(scale.burst(f"b{size}r{index}", size, timeout))
+                if index == 0:  # memory and idle CPU with the first burst's pods
+                    rss[size] = _settled_rss(pid, settle)
+                    if size == sizes[-1]:
+                        cpu_idle[size] = round(_idle_cpu(pid, idle_window), 3)
+                        if profiling:
+                            profiles["idle"] = _idle_profile(scale, ctx.seconds(20, 2))
+                cleared[size] = round(scale.clear(idle_threads), 1)
+            runs.sort(key=lambda b: float("inf") if b.all_running_s is None else b.all_running_s)
+            bursts[size] = runs[(len(runs) - 1) // 2]  # the median burst (the slower one of two)
+            repeats[size] = [b.all_running_s for b in runs]
         if profiling:
-            profiles["burst"] = _profiled_burst(scale, sizes[-1], timeout, idle_threads, idle=True)
-            profiles["burst_cpu"] = _profiled_burst(scale, sizes[-1], timeout, idle_threads, idle=False)
+            profiles["burst"] = _profiled_burst(
+                scale, "prof", sizes[-1], timeout, idle_threads=idle_threads, idle=True
+            )
+            profiles["burst_cpu"] = _profiled_burst(
+                scale, "cpu", sizes[-1], timeout, idle_threads=idle_threads, idle=False
+            )
     _report(
         out, sizes=sizes, bursts=bursts, rss=rss, cpu_idle=cpu_idle, cleared=cleared, idle_window=idle_window
+    )
+    out.data["all_running_s_of_each_burst"] = {str(k): v for k, v in repeats.items()}
+    out.figures[0].detail = f"median of {len(repeats[sizes[-1]])} bursts ({repeats[sizes[-1]]} s); " + (
+        out.figures[0].detail
     )
     out.data["profiles"] = profiles
     out.data["workers_experiment"] = _workers_experiment(ctx, cluster, image, sizes[-1], timeout)
@@ -257,7 +272,7 @@ def _idle_profile(scale: _Scale, seconds: float) -> dict[str, Any]:
 
 
 def _profiled_burst(
-    scale: _Scale, size: int, timeout: float, idle_threads: int, *, idle: bool
+    scale: _Scale, prefix: str, size: int, timeout: float, *, idle_threads: int, idle: bool
 ) -> dict[str, Any]:
     """The burst again under py-spy: with idle samples (``idle``: the pod workers' wall time, by
     purpose; 10 Hz, as the node runs ~1000 threads), or on-CPU samples only (50 Hz)."""
@@ -266,7 +281,7 @@ def _profiled_burst(
     rate = 10 if idle else 50
     profiler = Profiler(scale.node.pid, path, rate=rate, idle=idle)
     time.sleep(1)
-    burst = scale.burst("prof", size, timeout)
+    burst = scale.burst(prefix, size, timeout)
     profiler.stop()
     scale.clear(idle_threads)
     return {
