@@ -597,13 +597,13 @@ def running_node(
     *,
     max_pods: int = 110,
     ip: str = NODE_IP,
-    pod_workers: int | None = None,
+    patch: str | None = None,
 ) -> Iterator[Node]:
     """A real ``wasmlet`` process joined to ``cluster`` by TLS bootstrap, its serving certificate
     approved, pulling from the local registry; stopped and its Node deleted afterwards.
 
-    ``pod_workers`` (an experiment, not a wasmlet setting): start the same command with
-    ``wasmlet.pods.WORKERS`` set to that many pod workers first.
+    ``patch`` (for experiments, not a wasmlet setting): Python run in the node's process before
+    wasmlet's ``main``, e.g. ``wasmlet.pods.WORKERS = 16``.
     """
     name = unique(prefix)
     data_dir = workdir / name
@@ -613,9 +613,9 @@ def running_node(
     )
     output = workdir / f"{name}.out"
     command = [str(BIN / "wasmlet")]
-    if pod_workers is not None:
-        patch = f"import sys, wasmlet.pods, wasmlet.cli; wasmlet.pods.WORKERS = {int(pod_workers)}; "
-        command = [sys.executable, "-c", patch + "sys.exit(wasmlet.cli.main(sys.argv[1:]))"]
+    if patch is not None:
+        source = f"import sys, wasmlet.cli, wasmlet.pods\n{patch}\nsys.exit(wasmlet.cli.main(sys.argv[1:]))\n"
+        command = [sys.executable, "-c", source]
     argv = [
         *command,
         *("--node-name", name, "--hostname", name, "--node-ip", ip, "--port", "10250"),

@@ -154,13 +154,11 @@ def _fresh(scale: _Scale) -> int:
 
 
 @contextlib.contextmanager
-def _scale_node(
-    ctx: Context, cluster: Cluster, image: str, pod_workers: int | None = None
-) -> Iterator[_Scale]:
-    prefix = "bench-scale" if pod_workers is None else "bench-workers"
+def _scale_node(ctx: Context, cluster: Cluster, image: str, patch: str | None = None) -> Iterator[_Scale]:
+    prefix = "bench-scale" if patch is None else "bench-experiment"
     with (
         cluster.admin() as admin,
-        running_node(cluster, admin, ctx.workdir, prefix, max_pods=1100, pod_workers=pod_workers) as node,
+        running_node(cluster, admin, ctx.workdir, prefix, max_pods=1100, patch=patch) as node,
         namespace(admin, prefix) as ns,
         PodWatcher(cluster, ns) as watcher,
     ):
@@ -218,34 +216,54 @@ def run(ctx: Context) -> Outcome:
         out.figures[0].detail
     )
     out.data["profiles"] = profiles
-    out.data["workers_experiment"] = _workers_experiment(ctx, cluster, image, sizes[-1], timeout)
-    _experiment_figure(out, out.data["workers_experiment"])
+    out.data["experiments"] = [
+        _experiment(ctx, cluster, image, sizes[-1], timeout=timeout, name=name) for name in EXPERIMENTS
+    ]
+    for fig, experiment in zip(("2d", "2e"), out.data["experiments"], strict=True):
+        _experiment_figure(out, fig, experiment)
     return out
 
 
-EXPERIMENT_WORKERS = 16
+# Experiments: the same burst on a node whose code is patched at start (not shipped settings).
+EXPERIMENTS: dict[str, tuple[str, str]] = {
+    "16 pod workers": (
+        "wasmlet.pods.WORKERS = 16",
+        "wasmlet.pods.WORKERS = 16 (wasmlet ships 4)",
+    ),
+    "events in the background": (
+        "import concurrent.futures\n"
+        "_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix='events')\n"
+        "_post = wasmlet.pods.PodController._event\n"
+        "wasmlet.pods.PodController._event = (\n"
+        "    lambda self, *a, **k: _pool.submit(_post, self, *a, **k) and None\n"
+        ")",
+        "PodController._event hands each event to 2 background threads instead of POSTing it "
+        "on the pod worker",
+    ),
+}
 
 
-def _workers_experiment(
-    ctx: Context, cluster: Cluster, image: str, size: int, timeout: float
+def _experiment(
+    ctx: Context, cluster: Cluster, image: str, size: int, *, timeout: float, name: str
 ) -> dict[str, Any]:
-    """The same burst on a node started with more pod workers (wasmlet.pods.WORKERS patched)."""
-    with _scale_node(ctx, cluster, image, pod_workers=EXPERIMENT_WORKERS) as scale:
+    """The burst on a node started with one of :data:`EXPERIMENTS` applied."""
+    patch, what = EXPERIMENTS[name]
+    with _scale_node(ctx, cluster, image, patch=patch) as scale:
         idle_threads = _fresh(scale)
         ctx.quiet()
-        burst = scale.burst(f"w{size}", size, timeout)
+        burst = scale.burst("x", size, timeout)
         scale.clear(idle_threads)
-    return {"pod_workers": EXPERIMENT_WORKERS, **burst.as_dict()}
+    return {"experiment": name, "change": what, **burst.as_dict()}
 
 
-def _experiment_figure(out: Outcome, experiment: dict[str, Any]) -> None:
+def _experiment_figure(out: Outcome, fig: str, experiment: dict[str, Any]) -> None:
     cpu = experiment["cpu"]["cpu_s"]
     busiest = ", ".join(f"{k} {v:.1f} s" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]))
     out.add(
         Figure(
-            "2d",
-            f"experiment: the same burst on a node with {experiment['pod_workers']} pod workers "
-            "(wasmlet.pods.WORKERS patched at start; wasmlet ships 4)",
+            fig,
+            f"experiment, {experiment['experiment']}: the same {experiment['pods']}-pod burst "
+            f"({experiment['change']})",
             experiment["all_running_s"],
             "s",
             detail=f"per pod p50 {experiment['per_pod_ms'].get('p50')} ms, p99 "

@@ -188,14 +188,13 @@ def _pods_scale(result: dict[str, Any]) -> list[str]:
         + ".",
         "",
     ]
-    experiment = d.get("workers_experiment")
-    if experiment:
+    for experiment in d.get("experiments") or []:
         cpu = ", ".join(
             f"{k} {v}" for k, v in sorted(experiment["cpu"]["cpu_s"].items(), key=lambda kv: -kv[1])
         )
         lines += [
-            f"Experiment (not a shipped setting): a node started with `wasmlet.pods.WORKERS = "
-            f"{experiment['pod_workers']}` (wasmlet has 4): {experiment['pods']} pods all Running in "
+            f"Experiment, {experiment['experiment']} (not a shipped setting; the node's code patched at "
+            f"start: {experiment['change']}): {experiment['pods']} pods all Running in "
             f"{_fmt(experiment['all_running_s'])} s (POSTs done in {experiment['create_s']} s); "
             f"per pod p50 / p99 {experiment['per_pod_ms'].get('p50')} / "
             f"{experiment['per_pod_ms'].get('p99')} ms; bound → Running p50 "
