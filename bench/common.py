@@ -96,6 +96,7 @@ class Outcome:
     not_measured: list[str] = field(default_factory=list)
     error: str | None = None
     duration_s: float = 0.0
+    commit: str = ""  # the checkout it ran from (results of several runs of a day are merged)
 
     def add(self, figure: Figure) -> Figure:
         self.figures.append(figure)
@@ -110,6 +111,7 @@ class Outcome:
             "not_measured": self.not_measured,
             "error": self.error,
             "duration_s": round(self.duration_s, 3),
+            "commit": self.commit,
         }
 
 
@@ -302,6 +304,12 @@ def machine() -> dict[str, Any]:
     }
 
 
+def git_commit() -> str:
+    """The checkout's commit, with ``+dirty`` when tracked files differ from it."""
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return _git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else "")
+
+
 def _git(*args: str) -> str:
     proc = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
     return proc.stdout.strip()
@@ -314,7 +322,7 @@ def versions(cluster: Cluster | None) -> dict[str, Any]:
         "python": platform.python_version(),
         "wasmtime_py": version("wasmtime"),
         "wasmlet": __version__,
-        "wasmlet_commit": _git("rev-parse", "--short", "HEAD"),
+        "wasmlet_commit": git_commit(),
     }
     if cluster is not None:
         proc = subprocess.run(

@@ -412,7 +412,8 @@ def _details(record: dict[str, Any], plots: dict[str, list[Path]], docs: Path) -
         for image in plots.get(name, []):
             rel = image.relative_to(docs.parent) if image.is_relative_to(docs.parent) else image
             lines += [f"![{image.stem}]({rel.as_posix()})", ""]
-        lines.append(f"_Run time of this benchmark: {result['duration_s']:.0f} s._")
+        commit = f" at commit {result['commit']}" if result.get("commit") else ""
+        lines.append(f"_Run time of this benchmark: {result['duration_s']:.0f} s{commit}._")
         lines.append("")
     return lines
 

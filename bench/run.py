@@ -80,6 +80,7 @@ def _run_one(name: str, ctx: Context) -> Outcome:
     module_name, _needs = BENCHMARKS[name]
     _log(f"{name}: start")
     started = time.monotonic()
+    commit = common.git_commit()
     try:
         run: Callable[[Context], Outcome] = importlib.import_module(module_name).run
         outcome = run(ctx)
@@ -87,6 +88,7 @@ def _run_one(name: str, ctx: Context) -> Outcome:
         traceback.print_exc()
         outcome = Outcome(name, error=f"{type(exc).__name__}: {exc}")
     outcome.duration_s = time.monotonic() - started
+    outcome.commit = commit
     for figure in outcome.figures:
         verdict = {True: "met", False: "NOT MET", None: "-"}[figure.met]
         target = f"target {figure.op} {figure.target}: {verdict}"
