@@ -1,7 +1,7 @@
 """Container log files in the CRI format, and the reader behind ``/containerLogs``.
 
 Writing: a :class:`ContainerLogWriter` per container run receives the raw stdout/stderr
-chunks of a wasm module (wasmtime's ``stdout_custom``/``stderr_custom`` callbacks) and
+chunks of a wasm module (read from its output pipes by :mod:`wasmlet.outputs`) and
 appends records the way containerd and CRI-O do for the kubelet::
 
     2024-05-01T12:00:00.123456789Z stdout F a complete line
@@ -144,7 +144,7 @@ def _datetime_ns(value: datetime) -> int:
 class ContainerLogWriter:
     """Appends a container's stdout and stderr to one CRI-format log file.
 
-    ``write`` is called on the module's thread for every chunk it prints; it is serialised
+    ``write`` is called with every chunk read from the module's output; it is serialised
     by a per-writer lock and costs one ``os.write`` per call (nothing is buffered in user
     space except the unterminated tail of each stream), so followers see complete lines
     immediately. ``clock`` returns ns since the epoch; tests inject their own.
@@ -183,11 +183,11 @@ class ContainerLogWriter:
         return self._closed
 
     def stdout(self, data: bytes) -> None:
-        """Callback for ``WasiConfig.stdout_custom``."""
+        """The consumer of the module's stdout (``RunSpec.stdout``)."""
         self.write("stdout", data)
 
     def stderr(self, data: bytes) -> None:
-        """Callback for ``WasiConfig.stderr_custom``."""
+        """The consumer of the module's stderr (``RunSpec.stderr``)."""
         self.write("stderr", data)
 
     def write(self, stream: Stream, data: bytes) -> None:

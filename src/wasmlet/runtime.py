@@ -12,6 +12,10 @@ be reached by epochs, so ``wasi_snapshot_preview1.poll_oneoff`` is shadowed by
 :mod:`wasmlet.wasi_poll`, which sleeps on the execution's stop Event; woken by it, the host call
 raises and the module traps right there.
 
+Output: fd 1 and fd 2 of every module are pipes read by one thread (:mod:`wasmlet.outputs`),
+which hands the chunks to ``RunSpec.stdout``/``stderr``; a run's output is delivered in full
+before its ``on_exit`` is called.
+
 CPU limits (``RunSpec.cpu_limit``, cores) are enforced the way the kernel's CFS quota is: in
 every 100 ms period a module may use ``cpu_limit * 100 ms`` of CPU time on its thread; past
 that, its epoch-deadline callback sleeps until the period ends. While any limited module runs,
@@ -56,7 +60,7 @@ from typing import Any
 import wasmtime
 from wasmtime import _ffi as ffi
 
-from wasmlet import wasi_poll
+from wasmlet import outputs, wasi_poll
 from wasmlet.fsutil import write_atomic
 
 log = logging.getLogger(__name__)
@@ -89,8 +93,9 @@ class RunSpec:
     module: Path  # a .wasm file, or a .cwasm made by Runtime.precompile (the fast path)
     argv: Sequence[str]  # argv[0] is the program name
     env: Mapping[str, str]
-    stdout: Callable[[bytes], None]  # each chunk the module writes to fd 1
-    stderr: Callable[[bytes], None]  # each chunk the module writes to fd 2
+    # What the module writes to fd 1 and fd 2, in chunks of up to 64 KiB, on the output thread.
+    stdout: Callable[[bytes], None]
+    stderr: Callable[[bytes], None]
     preopens: Sequence[tuple[Path, str, bool]] = ()  # (host dir, guest path, read_only)
     memory_limit_bytes: int | None = None
     cpu_limit: float | None = None  # cores (limits.cpu); None: not throttled
@@ -119,6 +124,7 @@ class Runtime:
         self._ticker_alive = False
         self._ticking = threading.Condition(self._lock)
         self._current = threading.local()  # .execution: the Execution running on this thread
+        self._output = outputs.OutputPump()
         self._linker = wasmtime.Linker(self._engine)
         self._linker.define_wasi()
         self._linker.allow_shadowing = True
@@ -188,6 +194,7 @@ class Runtime:
             execution.wait(2)
         with self._lock:
             self._ready.clear()
+        self._output.close()
 
     def _instance_pre(self, module: Path) -> wasmtime.InstancePre:
         if module.suffix != ".cwasm":
@@ -232,6 +239,14 @@ class Runtime:
         except Exception:
             log.exception("%s: poll_oneoff failed", execution.name)
             return wasi_poll.ERRNO_FAULT
+
+    def _pipes(self, spec: RunSpec, name: str) -> tuple[outputs.Pipe, outputs.Pipe]:
+        stdout = self._output.pipe(spec.stdout, f"{name}: stdout")
+        try:
+            return stdout, self._output.pipe(spec.stderr, f"{name}: stderr")
+        except BaseException:
+            stdout.finish(0)
+            raise
 
     def _finished(self, execution: Execution) -> None:
         with self._lock:
@@ -306,15 +321,24 @@ class Execution:
         except ModuleError as exc:
             return EXIT_START_FAILED, "Error", str(exc)
         try:
-            store = self._store()
-        except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
-            return EXIT_START_FAILED, "Error", f"cannot start {spec.module}: {_cause(exc)}"
+            pipes = self._runtime._pipes(spec, self.name)
+        except OSError as exc:  # out of file descriptors, say
+            return EXIT_START_FAILED, "Error", f"cannot start {spec.module}: no output pipes: {exc}"
         try:
-            return self._run_in(store, ready)
+            try:
+                store = self._store(pipes)
+            except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
+                return EXIT_START_FAILED, "Error", f"cannot start {spec.module}: {_cause(exc)}"
+            try:
+                return self._run_in(store, ready)
+            finally:
+                # Free the WASI context now, not when the garbage collector gets to it: it holds the
+                # preopened directories open (the volumes of a pod that may be gone already) and
+                # the write ends of the output pipes, whose end-of-file finishes the output.
+                store.close()
         finally:
-            # Free the WASI context now, not when the garbage collector gets to it: it holds the
-            # preopened directories open (the volumes of a pod that may be gone already).
-            store.close()
+            for pipe in pipes:
+                pipe.finish()
 
     def _run_in(self, store: wasmtime.Store, ready: wasmtime.InstancePre) -> tuple[int, str, str]:
         spec = self._spec
@@ -336,11 +360,13 @@ class Execution:
             return exit_code, "OOMKilled", message or "memory limit reached"
         return exit_code, "Error", message
 
-    def _store(self) -> wasmtime.Store:
+    def _store(self, pipes: tuple[outputs.Pipe, outputs.Pipe]) -> wasmtime.Store:
         store = wasmtime.Store(self._runtime._engine)
         if self._spec.memory_limit_bytes is not None:
             store.set_limits(memory_size=self._spec.memory_limit_bytes)
-        store.set_wasi(self._wasi_config())
+        store.set_wasi(self._wasi_config(*pipes))
+        for pipe in pipes:
+            pipe.opened()  # wasmtime holds its own write ends now
         self._monotonic_origin_ns = time.monotonic_ns()
         ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), self._deadline_callback, None, _NO_FINALIZER)
         store.set_epoch_deadline(1)
@@ -360,13 +386,13 @@ class Execution:
             return EXIT_TRAPPED, _cause(exc)
         return 0, ""
 
-    def _wasi_config(self) -> wasmtime.WasiConfig:
+    def _wasi_config(self, stdout: outputs.Pipe, stderr: outputs.Pipe) -> wasmtime.WasiConfig:
         spec = self._spec
         wasi = wasmtime.WasiConfig()
         wasi.argv = list(spec.argv)
         wasi.env = list(spec.env.items())
-        wasi.stdout_custom = _guarded(spec.stdout, f"{self.name}: stdout consumer")
-        wasi.stderr_custom = _guarded(spec.stderr, f"{self.name}: stderr consumer")
+        wasi.stdout_file = stdout.path
+        wasi.stderr_file = stderr.path
         for host_dir, guest_path, read_only in spec.preopens:
             wasi.preopen_dir(str(host_dir), guest_path, fs_mutable=not read_only)
         return wasi
@@ -399,16 +425,6 @@ class Execution:
     def _over_limit(self, needed: int) -> bool:
         limit = self._spec.memory_limit_bytes
         return limit is not None and needed > limit
-
-
-def _guarded(consumer: Callable[[bytes], None], what: str) -> Callable[[bytes], None]:
-    def write(chunk: bytes) -> None:
-        try:
-            consumer(chunk)
-        except Exception:
-            log.exception("%s failed; output dropped", what)
-
-    return write
 
 
 def _min_memory_bytes(module: wasmtime.Module) -> int:

@@ -1,0 +1,164 @@
+"""Module output: WASI stdout and stderr are pipes, and one thread reads them all.
+
+wasmtime-py's ``stdout_custom`` calls into Python for every write a module makes, about 36 µs
+a line (bench/logs.py): a module printing as fast as it can spent most of its time there. Here
+each stream is a pipe instead, as a container's are: wasmtime opens the write end by its path
+(``/proc/self/fd/N``) and the module writes to it from its own thread without entering Python.
+One reader thread per :class:`OutputPump` waits on every read end with epoll and hands what it
+reads, in chunks of up to 64 KiB, to the stream's consumer (the container's log writer).
+
+A full pipe blocks the module's write until the reader catches up (back-pressure, as with a
+container's stdout), so nothing is dropped and memory stays bounded. A run's output ends with
+end-of-file, once the module's Store, which holds the write end, is closed: :meth:`Pipe.finish`
+waits for it, so the log is complete before the exit is reported.
+
+Only the reader thread closes read ends, so a descriptor number can never be reused under it
+while it still reads; an abandoned pipe is handed to it to close.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import threading
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+CHUNK = 64 * 1024
+# How long a finished run waits for the reader to deliver the rest of its output.
+DRAIN_TIMEOUT = 5.0
+
+
+class Pipe:
+    """One output stream of one run: wasmtime writes to :attr:`path`, the pump reads."""
+
+    def __init__(self, pump: OutputPump, consumer: Callable[[bytes], None], what: str) -> None:
+        self.what = what
+        self._pump = pump
+        self._consumer = consumer
+        self._failed = False
+        self.done = threading.Event()  # end-of-file delivered (or abandoned): the reader let go
+        self.read_fd, self._write_fd = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(self.read_fd, False)
+
+    @property
+    def path(self) -> str:
+        """The write end, for ``WasiConfig.stdout_file``/``stderr_file`` (it opens its own copy)."""
+        return f"/proc/self/fd/{self._write_fd}"
+
+    def opened(self) -> None:
+        """Drop our write end once wasmtime has its own: its close is then end-of-file."""
+        if self._write_fd >= 0:
+            os.close(self._write_fd)
+            self._write_fd = -1
+
+    def finish(self, timeout: float = DRAIN_TIMEOUT) -> bool:
+        """After the run: wait until everything written was delivered; False if it timed out."""
+        self.opened()
+        if self.done.wait(timeout):
+            return True
+        log.warning("%s: output not finished after %.0fs; dropping the rest", self.what, timeout)
+        self._pump.abandon(self)
+        return False
+
+    def deliver(self, chunk: bytes) -> None:
+        try:
+            self._consumer(chunk)
+        except Exception:
+            if not self._failed:
+                log.exception("%s: the output consumer failed; output dropped", self.what)
+            self._failed = True
+
+
+class OutputPump:
+    """Reads every :class:`Pipe` it made on one daemon thread (started with the first pipe)."""
+
+    def __init__(self, name: str = "wasm output") -> None:
+        self._name = name
+        self._lock = threading.Lock()
+        self._pipes: dict[int, Pipe] = {}
+        self._abandoned: list[Pipe] = []
+        self._epoll: select.epoll | None = None
+        self._wake = -1  # an eventfd: abandon() and close() wake the reader with it
+        self._closed = False
+
+    def pipe(self, consumer: Callable[[bytes], None], what: str) -> Pipe:
+        """A new pipe whose output goes to ``consumer`` (called on the reader thread)."""
+        pipe = Pipe(self, consumer, what)
+        with self._lock:
+            if self._closed:
+                os.close(pipe.read_fd)
+                pipe.opened()
+                raise RuntimeError("the output pump is closed")
+            if self._epoll is None:
+                self._epoll = select.epoll()
+                self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+                self._epoll.register(self._wake, select.EPOLLIN)
+                threading.Thread(target=self._run, args=(self._epoll,), name=self._name, daemon=True).start()
+            self._pipes[pipe.read_fd] = pipe
+            self._epoll.register(pipe.read_fd, select.EPOLLIN)
+        return pipe
+
+    def abandon(self, pipe: Pipe) -> None:
+        """Stop reading ``pipe`` (the reader closes it)."""
+        with self._lock:
+            if self._epoll is None or pipe.done.is_set():
+                return
+            self._abandoned.append(pipe)
+            os.eventfd_write(self._wake, 1)
+
+    def close(self) -> None:
+        """Stop the reader; pipes still open are closed without their remaining output."""
+        with self._lock:
+            self._closed = True
+            if self._epoll is not None:
+                os.eventfd_write(self._wake, 1)
+
+    def _run(self, epoll: select.epoll) -> None:
+        while True:
+            events = epoll.poll()
+            with self._lock:
+                if self._closed:
+                    break
+                ready = [self._pipes.get(fd) for fd, _mask in events]
+                abandoned, self._abandoned = self._abandoned, []
+            if any(fd == self._wake for fd, _mask in events):
+                with contextlib.suppress(BlockingIOError):
+                    os.eventfd_read(self._wake)
+            for pipe in ready:
+                if pipe is not None and not pipe.done.is_set():
+                    self._read(epoll, pipe)
+            for pipe in abandoned:
+                self._release(epoll, pipe)
+        with self._lock:
+            pipes = list(self._pipes.values())
+        for pipe in pipes:
+            self._release(epoll, pipe)
+        epoll.close()
+        os.close(self._wake)
+
+    def _read(self, epoll: select.epoll, pipe: Pipe) -> None:
+        try:
+            chunk = os.read(pipe.read_fd, CHUNK)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            log.warning("%s: cannot read the output: %s", pipe.what, exc)
+            chunk = b""
+        if chunk:
+            pipe.deliver(chunk)
+        else:
+            self._release(epoll, pipe)
+
+    def _release(self, epoll: select.epoll, pipe: Pipe) -> None:
+        """On the reader thread only: forget ``pipe`` and close its read end."""
+        if pipe.done.is_set():
+            return
+        with self._lock:
+            self._pipes.pop(pipe.read_fd, None)
+        epoll.unregister(pipe.read_fd)
+        os.close(pipe.read_fd)
+        pipe.done.set()
