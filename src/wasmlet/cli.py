@@ -6,8 +6,6 @@ import logging
 import sys
 from collections.abc import Sequence
 
-import httpx
-
 from wasmlet import config as node_config
 from wasmlet.agent import Agent
 from wasmlet.bootstrap import BootstrapError
@@ -20,7 +18,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s",
     )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API call is noise
     try:
         config = node_config.load(argv)
     except node_config.ConfigError as exc:
@@ -33,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BootstrapError as exc:
         print(f"wasmlet: error: {exc}", file=sys.stderr)
         return 1
-    except (ApiError, httpx.HTTPError, OSError) as exc:
+    except (ApiError, OSError) as exc:  # OSError includes TransportError
         print(f"wasmlet: error: node {config.node_name}: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -208,8 +208,12 @@ class ContainerLogWriter:
                 if pending:
                     lines[0] = bytes(pending) + lines[0]
                     pending.clear()
-                for line in lines:
-                    self._records(records, prefix, line, final=True)
+                if max(map(len, lines)) <= self._max:  # the usual case: one join, no loop in Python
+                    head = prefix + b"F "
+                    records.append(head + (b"\n" + head).join(lines) + b"\n")
+                else:
+                    for line in lines:
+                        self._records(records, prefix, line, final=True)
             pending += tail
             if len(pending) > self._max:
                 cut = (len(pending) - 1) // self._max * self._max  # keep 1..max bytes pending

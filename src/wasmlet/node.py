@@ -240,7 +240,7 @@ class NodeAgent:
                     last_status = elapsed
             except (ApiError, OSError) as exc:
                 log.warning("node %s: heartbeat failed: %s", self.config.node_name, exc)
-            except Exception as exc:  # httpx transport errors; keep heartbeating
+            except Exception as exc:  # transport errors; keep heartbeating
                 log.warning("node %s: heartbeat failed: %s", self.config.node_name, exc)
             stop.wait(LEASE_RENEW_INTERVAL)
             elapsed += LEASE_RENEW_INTERVAL

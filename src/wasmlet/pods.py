@@ -28,6 +28,7 @@ from typing import Any
 from wasmlet import admission, logs, node, oci, podspec
 from wasmlet.admission import Rejection
 from wasmlet.config import NodeConfig
+from wasmlet.events import EventRecorder
 from wasmlet.kubeapi import ApiError, Client
 from wasmlet.quantity import parse_quantity
 from wasmlet.runtime import Execution, ExitStatus, ModuleError, RunSpec, Runtime
@@ -144,6 +145,7 @@ class PodController:
         )
         self.log_root = config.data_dir / "logs"
         self.sources = ApiSources(client)
+        self.events = EventRecorder(client, "wasmlet", config.node_name)
         self.allocatable = node.capacity(config)
         self.queue = WorkQueue()
         self.runs: dict[str, PodRun] = {}
@@ -199,6 +201,8 @@ class PodController:
             for crun in run.all_containers():
                 if crun.execution is not None:
                     crun.execution.stop(grace)
+        self.events.flush(min(grace, 2.0))
+        self.events.close()
 
     def _list(self) -> str:
         params = {"fieldSelector": f"spec.nodeName={self.config.node_name}"}
@@ -677,33 +681,7 @@ class PodController:
             raise
 
     def _event(self, run: PodRun, kind: str, reason: str, message: str) -> None:
-        meta = run.pod["metadata"]
-        now = _now()
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "name": meta["name"],
-                "namespace": meta["namespace"],
-                "uid": meta["uid"],
-            },
-            "reason": reason,
-            "message": message,
-            "type": kind,
-            "source": {"component": "wasmlet", "host": self.config.node_name},
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-            "reportingComponent": "wasmlet",
-            "reportingInstance": self.config.node_name,
-        }
-        try:
-            self.client.post(f"/api/v1/namespaces/{meta['namespace']}/events", event)
-        except ApiError as exc:
-            log.warning("pod %s: cannot record event %s: %s", pod_key(run.pod), reason, exc)
+        self.events.event(run.pod, kind, reason, message)
 
 
 def _resume(crun: ContainerRun, previous: dict[str, Any]) -> None:

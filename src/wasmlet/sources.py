@@ -20,8 +20,6 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-import httpx
-
 from wasmlet.kubeapi import ApiError, Client
 from wasmlet.podspec import EnvError, utf8
 
@@ -61,7 +59,7 @@ class ApiSources:
             if exc.status == 404:
                 return None
             raise EnvError(f"failed to get {kind} {namespace}/{name}: {exc}") from exc
-        except (OSError, httpx.HTTPError) as exc:
+        except OSError as exc:  # TransportError too
             raise EnvError(f"failed to get {kind} {namespace}/{name}: {exc}") from exc
         return obj if isinstance(obj, dict) else {}
 
@@ -124,7 +122,7 @@ class ApiSources:
         except ApiError as exc:
             message = exc.body.get("message") if isinstance(exc.body, dict) else None
             raise EnvError(f"failed to fetch token: {message or exc}") from exc
-        except (OSError, httpx.HTTPError) as exc:
+        except OSError as exc:  # TransportError too
             raise EnvError(f"failed to fetch token: {exc}") from exc
         status = answer.get("status") if isinstance(answer, dict) else None
         token = status.get("token") if isinstance(status, dict) else None

@@ -317,9 +317,9 @@ class Pods:
         return items
 
     def logs(self, name: str, **params: str) -> str:
-        resp = self.admin._http.get(f"/api/v1/namespaces/default/pods/{name}/log", params=params)
-        assert resp.status_code == 200, resp.text
-        return resp.text
+        status, body = self.admin.raw("GET", f"/api/v1/namespaces/default/pods/{name}/log", params=params)
+        assert status == 200, body
+        return body.decode()
 
 
 @contextlib.contextmanager
