@@ -8,7 +8,13 @@ One reader thread per :class:`OutputPump` waits on every read end with epoll and
 reads, in chunks of up to 64 KiB, to the stream's consumer (the container's log writer).
 
 A full pipe blocks the module's write until the reader catches up (back-pressure, as with a
-container's stdout), so nothing is dropped and memory stays bounded. A run's output ends with
+container's stdout), so nothing is dropped and memory stays bounded. A pipe that had something
+to read is taken out of the epoll set and read again ``COALESCE`` seconds later, and so on while
+it keeps printing (grown to 1 MiB once it fills half of 64 KiB in that time); a round that finds
+less than ``QUIET_READ`` puts it back. Epoll's callback runs on every write to a watched pipe,
+and a woken reader would take a few lines at a time. Measured with bench/logs.py's module
+(48-byte lines, bare wasmtime-py, 2026-11-30): 0.53 µs a line to /dev/null, 0.65 µs into a
+1 MiB pipe read on a timer, 0.78 µs into the same pipe watched by epoll. A run's output ends with
 end-of-file, once the module's Store, which holds the write end, is closed: :meth:`Pipe.finish`
 waits for it, so the log is complete before the exit is reported.
 
@@ -19,6 +25,7 @@ while it still reads; an abandoned pipe is handed to it to close.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import select
@@ -28,6 +35,12 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
+# A read this large means a busy pipe (a full 64 KiB pipe of short lines holds a little less:
+# each 4 KiB page keeps whole writes).
+BUSY_READ = CHUNK // 2
+QUIET_READ = 4096  # a busy pipe that had less than this in a round goes back to epoll
+BUSY_PIPE_SIZE = 1024 * 1024  # the default pipe-max-size: no privilege needed
+COALESCE = 0.002  # seconds between the reads of a busy pipe
 # How long a finished run waits for the reader to deliver the rest of its output.
 DRAIN_TIMEOUT = 5.0
 
@@ -40,6 +53,8 @@ class Pipe:
         self._pump = pump
         self._consumer = consumer
         self._failed = False
+        self.watched = False  # in the pump's epoll set (not while it is read on a timer)
+        self.grown = False  # its buffer was made BUSY_PIPE_SIZE
         self.done = threading.Event()  # end-of-file delivered (or abandoned): the reader let go
         self.read_fd, self._write_fd = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(self.read_fd, False)
@@ -100,6 +115,7 @@ class OutputPump:
                 threading.Thread(target=self._run, args=(self._epoll,), name=self._name, daemon=True).start()
             self._pipes[pipe.read_fd] = pipe
             self._epoll.register(pipe.read_fd, select.EPOLLIN)
+            pipe.watched = True
         return pipe
 
     def abandon(self, pipe: Pipe) -> None:
@@ -118,8 +134,9 @@ class OutputPump:
                 os.eventfd_write(self._wake, 1)
 
     def _run(self, epoll: select.epoll) -> None:
+        busy: set[Pipe] = set()  # taken out of epoll, read every COALESCE seconds
         while True:
-            events = epoll.poll()
+            events = epoll.poll(COALESCE if busy else -1)
             with self._lock:
                 if self._closed:
                     break
@@ -129,9 +146,25 @@ class OutputPump:
                 with contextlib.suppress(BlockingIOError):
                     os.eventfd_read(self._wake)
             for pipe in ready:
-                if pipe is not None and not pipe.done.is_set():
-                    self._read(epoll, pipe)
+                if pipe is None or pipe in busy:
+                    continue
+                if self._drain(epoll, pipe) and not pipe.done.is_set():  # more may follow soon
+                    epoll.unregister(pipe.read_fd)
+                    pipe.watched = False
+                    busy.add(pipe)
+            for pipe in list(busy):
+                got = 0 if pipe.done.is_set() else self._drain(epoll, pipe)
+                if got >= BUSY_READ and not pipe.grown:
+                    pipe.grown = True
+                    with contextlib.suppress(OSError):  # over the user's pipe-user-pages: keep 64 KiB
+                        fcntl.fcntl(pipe.read_fd, fcntl.F_SETPIPE_SZ, BUSY_PIPE_SIZE)
+                if got < QUIET_READ:
+                    busy.discard(pipe)
+                    if not pipe.done.is_set():  # quiet again: back to waiting in epoll
+                        epoll.register(pipe.read_fd, select.EPOLLIN)
+                        pipe.watched = True
             for pipe in abandoned:
+                busy.discard(pipe)
                 self._release(epoll, pipe)
         with self._lock:
             pipes = list(self._pipes.values())
@@ -140,18 +173,25 @@ class OutputPump:
         epoll.close()
         os.close(self._wake)
 
-    def _read(self, epoll: select.epoll, pipe: Pipe) -> None:
-        try:
-            chunk = os.read(pipe.read_fd, CHUNK)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            log.warning("%s: cannot read the output: %s", pipe.what, exc)
-            chunk = b""
-        if chunk:
+    def _drain(self, epoll: select.epoll, pipe: Pipe) -> int:
+        """Deliver what ``pipe`` holds now; the bytes read (its end-of-file releases it)."""
+        total = 0
+        while not pipe.done.is_set():
+            try:
+                chunk = os.read(pipe.read_fd, CHUNK)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                log.warning("%s: cannot read the output: %s", pipe.what, exc)
+                chunk = b""
+            if not chunk:
+                self._release(epoll, pipe)
+                break
             pipe.deliver(chunk)
-        else:
-            self._release(epoll, pipe)
+            total += len(chunk)
+            if len(chunk) < BUSY_READ:
+                break
+        return total
 
     def _release(self, epoll: select.epoll, pipe: Pipe) -> None:
         """On the reader thread only: forget ``pipe`` and close its read end."""
@@ -159,6 +199,7 @@ class OutputPump:
             return
         with self._lock:
             self._pipes.pop(pipe.read_fd, None)
-        epoll.unregister(pipe.read_fd)
+        if pipe.watched:
+            epoll.unregister(pipe.read_fd)
         os.close(pipe.read_fd)
         pipe.done.set()
