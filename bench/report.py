@@ -327,6 +327,11 @@ def _logs(result: dict[str, Any]) -> list[str]:
         f"Throughput: {tp['lines']:,} lines of {tp['line_bytes']} bytes, median of {tp['reps']} runs each:",
         "",
         *_table(("stdout goes to", "median (s)", "µs per line", "cost vs /dev/null"), rows),
+        *(
+            [f"(bare python callback: {tp['python_callback_lines']:,} lines, scaled to {tp['lines']:,}.)", ""]
+            if tp.get("python_callback_lines")
+            else []
+        ),
         *_callback_threads(tp.get("callback_threads")),
     ]
 

@@ -8,7 +8,7 @@ One connection pool per client, shared by all threads, keeps connections alive.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -136,7 +136,7 @@ class Client:
 
     def watch(
         self, path: str, params: dict[str, str], resource_version: str, timeout_seconds: int = 300
-    ) -> Iterator[dict[str, Any]]:
+    ) -> Generator[dict[str, Any], None, None]:
         """Stream watch events (``{"type": ..., "object": ...}``) from ``resource_version``.
 
         Ends when the server closes the watch (after ``timeout_seconds``); raises
