@@ -82,7 +82,7 @@ collection: venv
 	  $(CURDIR)/$(BIN)/ansible-playbook -i $(COLLECTION_OUT)/installed/ansible_collections/wasmlet/kube/inventories/local \
 	  wasmlet.kube.site
 
-test: lint sanity unit integration collection molecule
+test: lint sanity unit integration bench-smoke collection molecule
 
 # Benchmarks (bench/run.py): numbers, not pass/fail. bench-smoke fails only when a script fails.
 .PHONY: bench bench-smoke
