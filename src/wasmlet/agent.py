@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import resource
 import signal
 import threading
 from types import FrameType
@@ -20,6 +21,20 @@ from wasmlet.server import Authorizer, KubeletServer
 log = logging.getLogger(__name__)
 
 RENEW_CHECK_INTERVAL = 60.0
+
+
+def _raise_open_files_limit() -> None:
+    """Every running container holds four descriptors (its output pipes, both ends): lift the soft
+    limit (often 1024) to the hard one, as Go programs such as the kubelet do at start."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:  # e.g. an unlimited hard limit above fs.nr_open
+        log.warning("cannot raise the open files limit from %d: %s", soft, exc)
+        return
+    log.info("open files limit raised from %d to %d", soft, hard)
 
 
 class Agent:
@@ -48,6 +63,7 @@ class Agent:
 
     def run(self) -> None:
         config = self.config
+        _raise_open_files_limit()
         self.bootstrapper.ensure_client(self.stop)
         client = Client.from_kubeconfig(config.kubeconfig)
         self.clients.append(client)
