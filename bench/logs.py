@@ -218,7 +218,7 @@ def run(ctx: Context) -> Outcome:
     samples = ctx.scale(200, 10)
     lines = ctx.scale(1_000_000, 2_000)
     callback_lines = ctx.scale(100_000, 2_000)  # ~40 µs a line: fewer, it is reported per line
-    reps = ctx.scale(3, 1)
+    reps = ctx.scale(5, 1)
     # Not a multiple of the node's 50 ms follow poll, so that lines land at every phase of it.
     interval_ns = 73_000_000
     spam = wasm("logspam", lines=lines)
