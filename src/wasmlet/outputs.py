@@ -145,6 +145,7 @@ class OutputPump:
             if any(fd == self._wake for fd, _mask in events):
                 with contextlib.suppress(BlockingIOError):
                     os.eventfd_read(self._wake)
+            waited = list(busy)  # read on this round; the pipes woken now wait for the next
             for pipe in ready:
                 if pipe is None or pipe in busy:
                     continue
@@ -152,7 +153,7 @@ class OutputPump:
                     epoll.unregister(pipe.read_fd)
                     pipe.watched = False
                     busy.add(pipe)
-            for pipe in list(busy):
+            for pipe in waited:
                 got = 0 if pipe.done.is_set() else self._drain(epoll, pipe)
                 if got >= BUSY_READ and not pipe.grown:
                     pipe.grown = True
