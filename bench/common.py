@@ -305,8 +305,10 @@ def machine() -> dict[str, Any]:
 
 
 def git_commit() -> str:
-    """The checkout's commit, with ``+dirty`` when tracked files differ from it."""
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    """The checkout's commit, with ``+dirty`` when tracked files other than the benchmarks' own
+    output (bench/results, docs/performance.md, docs/img) differ from it."""
+    output = (":!bench/results", ":!docs/performance.md", ":!docs/img")
+    dirty = _git("status", "--porcelain", "--untracked-files=no", "--", ".", *output)
     return _git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else "")
 
 
