@@ -73,6 +73,7 @@ class Pipe:
     def finish(self, timeout: float = DRAIN_TIMEOUT) -> bool:
         """After the run: wait until everything written was delivered; False if it timed out."""
         self.opened()
+        self._pump.ended(self)
         if self.done.wait(timeout):
             return True
         log.warning("%s: output not finished after %.0fs; dropping the rest", self.what, timeout)
@@ -96,6 +97,7 @@ class OutputPump:
         self._lock = threading.Lock()
         self._pipes: dict[int, Pipe] = {}
         self._abandoned: list[Pipe] = []
+        self._ended: list[Pipe] = []  # written to for the last time: read them to the end now
         self._epoll: select.epoll | None = None
         self._wake = -1  # an eventfd: abandon() and close() wake the reader with it
         self._closed = False
@@ -126,6 +128,14 @@ class OutputPump:
             self._abandoned.append(pipe)
             os.eventfd_write(self._wake, 1)
 
+    def ended(self, pipe: Pipe) -> None:
+        """Nothing more will be written to ``pipe``: read it to its end now, not on the next round."""
+        with self._lock:
+            if self._epoll is None or pipe.done.is_set():
+                return
+            self._ended.append(pipe)
+            os.eventfd_write(self._wake, 1)
+
     def close(self) -> None:
         """Stop the reader; pipes still open are closed without their remaining output."""
         with self._lock:
@@ -142,28 +152,11 @@ class OutputPump:
                     break
                 ready = [self._pipes.get(fd) for fd, _mask in events]
                 abandoned, self._abandoned = self._abandoned, []
+                ended, self._ended = self._ended, []
             if any(fd == self._wake for fd, _mask in events):
                 with contextlib.suppress(BlockingIOError):
                     os.eventfd_read(self._wake)
-            waited = list(busy)  # read on this round; the pipes woken now wait for the next
-            for pipe in ready:
-                if pipe is None or pipe in busy:
-                    continue
-                if self._drain(epoll, pipe) and not pipe.done.is_set():  # more may follow soon
-                    epoll.unregister(pipe.read_fd)
-                    pipe.watched = False
-                    busy.add(pipe)
-            for pipe in waited:
-                got = 0 if pipe.done.is_set() else self._drain(epoll, pipe)
-                if got >= BUSY_READ and not pipe.grown:
-                    pipe.grown = True
-                    with contextlib.suppress(OSError):  # over the user's pipe-user-pages: keep 64 KiB
-                        fcntl.fcntl(pipe.read_fd, fcntl.F_SETPIPE_SZ, BUSY_PIPE_SIZE)
-                if got < QUIET_READ:
-                    busy.discard(pipe)
-                    if not pipe.done.is_set():  # quiet again: back to waiting in epoll
-                        epoll.register(pipe.read_fd, select.EPOLLIN)
-                        pipe.watched = True
+            self._round(epoll, busy, ready, ended)
             for pipe in abandoned:
                 busy.discard(pipe)
                 self._release(epoll, pipe)
@@ -173,6 +166,32 @@ class OutputPump:
             self._release(epoll, pipe)
         epoll.close()
         os.close(self._wake)
+
+    def _round(
+        self, epoll: select.epoll, busy: set[Pipe], ready: list[Pipe | None], ended: list[Pipe]
+    ) -> None:
+        for pipe in ended:  # their output is complete: the run waits for its end-of-file
+            while not pipe.done.is_set() and self._drain(epoll, pipe):
+                pass
+        waited = list(busy)  # read on this round; the pipes woken now wait for the next
+        for woken in ready:
+            if woken is None or woken in busy:
+                continue
+            if self._drain(epoll, woken) and not woken.done.is_set():  # more may follow soon
+                epoll.unregister(woken.read_fd)
+                woken.watched = False
+                busy.add(woken)
+        for pipe in waited:
+            got = 0 if pipe.done.is_set() else self._drain(epoll, pipe)
+            if got >= BUSY_READ and not pipe.grown:
+                pipe.grown = True
+                with contextlib.suppress(OSError):  # over the user's pipe-user-pages: keep 64 KiB
+                    fcntl.fcntl(pipe.read_fd, fcntl.F_SETPIPE_SZ, BUSY_PIPE_SIZE)
+            if got < QUIET_READ:
+                busy.discard(pipe)
+                if not pipe.done.is_set():  # quiet again: back to waiting in epoll
+                    epoll.register(pipe.read_fd, select.EPOLLIN)
+                    pipe.watched = True
 
     def _drain(self, epoll: select.epoll, pipe: Pipe) -> int:
         """Deliver what ``pipe`` holds now; the bytes read (its end-of-file releases it)."""
