@@ -99,7 +99,7 @@ class OutputPump:
         self._abandoned: list[Pipe] = []
         self._ended: list[Pipe] = []  # written to for the last time: read them to the end now
         self._epoll: select.epoll | None = None
-        self._wake = -1  # an eventfd: abandon() and close() wake the reader with it
+        self._wake = -1  # an eventfd: abandon(), ended() and close() wake the reader with it
         self._closed = False
 
     def pipe(self, consumer: Callable[[bytes], None], what: str) -> Pipe:
@@ -123,7 +123,7 @@ class OutputPump:
     def abandon(self, pipe: Pipe) -> None:
         """Stop reading ``pipe`` (the reader closes it)."""
         with self._lock:
-            if self._epoll is None or pipe.done.is_set():
+            if self._epoll is None or self._closed or pipe.done.is_set():
                 return
             self._abandoned.append(pipe)
             os.eventfd_write(self._wake, 1)
@@ -131,7 +131,7 @@ class OutputPump:
     def ended(self, pipe: Pipe) -> None:
         """Nothing more will be written to ``pipe``: read it to its end now, not on the next round."""
         with self._lock:
-            if self._epoll is None or pipe.done.is_set():
+            if self._epoll is None or self._closed or pipe.done.is_set():
                 return
             self._ended.append(pipe)
             os.eventfd_write(self._wake, 1)
