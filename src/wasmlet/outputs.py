@@ -122,18 +122,17 @@ class OutputPump:
 
     def abandon(self, pipe: Pipe) -> None:
         """Stop reading ``pipe`` (the reader closes it)."""
-        with self._lock:
-            if self._epoll is None or self._closed or pipe.done.is_set():
-                return
-            self._abandoned.append(pipe)
-            os.eventfd_write(self._wake, 1)
+        self._hand_over(self._abandoned, pipe)
 
     def ended(self, pipe: Pipe) -> None:
         """Nothing more will be written to ``pipe``: read it to its end now, not on the next round."""
+        self._hand_over(self._ended, pipe)
+
+    def _hand_over(self, queue: list[Pipe], pipe: Pipe) -> None:
         with self._lock:
             if self._epoll is None or self._closed or pipe.done.is_set():
                 return
-            self._ended.append(pipe)
+            queue.append(pipe)
             os.eventfd_write(self._wake, 1)
 
     def close(self) -> None:
@@ -151,8 +150,9 @@ class OutputPump:
                 if self._closed:
                     break
                 ready = [self._pipes.get(fd) for fd, _mask in events]
-                abandoned, self._abandoned = self._abandoned, []
-                ended, self._ended = self._ended, []
+                abandoned, ended = self._abandoned[:], self._ended[:]
+                self._abandoned.clear()  # cleared in place: _hand_over appends to these lists
+                self._ended.clear()
             if any(fd == self._wake for fd, _mask in events):
                 with contextlib.suppress(BlockingIOError):
                     os.eventfd_read(self._wake)

@@ -67,6 +67,24 @@ def test_module_exit_code_is_reported(pods: Pods, registry: Registry, tmp_path: 
     assert pods.logs(name) == "giving up 3\n"
 
 
+def test_a_module_printing_fast_on_both_streams_has_every_line_in_its_log(
+    pods: Pods, registry: Registry, tmp_path: Path
+) -> None:
+    """counter.wat prints 0..99999 on stdout and on stderr, a line each, as fast as it can. When the
+    container is reported terminated its log holds every line once per stream, each stream in order."""
+    image = push_wat(registry, "counter", tmp_path)
+    name = pods.create(unique("counter"), image, restartPolicy="Never")
+    assert pods.wait_state(name, "terminated")["exitCode"] == 0
+    lines = pods.logs(name).splitlines()
+    assert len(lines) == 200_000
+    expected = {"stdout": 0, "stderr": 0}  # the next number of each stream
+    for line in lines:  # the log interleaves two increasing sequences
+        stream = next((s for s, n in expected.items() if str(n) == line), None)
+        assert stream is not None, f"{line!r} is out of order (next: {expected})"
+        expected[stream] += 1
+    assert expected == {"stdout": 100_000, "stderr": 100_000}
+
+
 def test_trapping_module_reports_error_with_the_trap(pods: Pods, registry: Registry, tmp_path: Path) -> None:
     image = push_wat(registry, "trap", tmp_path, media="cncf")
     name = pods.create(unique("trap"), image, restartPolicy="Never")
