@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from wasmlet import __version__, paths
+from wasmlet import __version__, events, paths
 
 
 class ConfigError(Exception):
@@ -48,6 +48,8 @@ class NodeConfig:
     insecure_registries: frozenset[str] = frozenset()
     registry_ca_files: dict[str, Path] = field(default_factory=dict)
     allow_local_modules: bool = False
+    event_qps: int = events.QPS  # kubelet's --event-qps: events posted per second at most; 0: unlimited
+    event_burst: int = events.BURST  # kubelet's --event-burst: events posted at once after a quiet time
 
     @property
     def config_dir(self) -> Path:
@@ -75,6 +77,8 @@ _OPTIONS: list[tuple[str, str, str]] = [
     ("insecure-registries", "list", "registries (host[:port]) reached over plain HTTP, comma-separated"),
     ("registry-ca-files", "labels", "CA bundles of registries with their own CA: host[:port]=/path,..."),
     ("allow-local-modules", "bool", "allow fs/<path> module references (default: false)"),
+    ("event-qps", "int", "events posted per second at most, as kubelet's flag; 0: unlimited (default: 50)"),
+    ("event-burst", "int", "events posted at once after a quiet time, as kubelet's flag (default: 100)"),
 ]
 
 
@@ -246,4 +250,6 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         insecure_registries=_as_list(merged.get("insecure-registries", "")),
         registry_ca_files=_as_ca_files(merged.get("registry-ca-files", "")),
         allow_local_modules=_as_bool("allow-local-modules", merged.get("allow-local-modules", False)),
+        event_qps=_as_int("event-qps", merged.get("event-qps", events.QPS), 0, 100000),
+        event_burst=_as_int("event-burst", merged.get("event-burst", events.BURST), 1, 100000),
     )

@@ -23,7 +23,7 @@ from wasmlet.kubeapi import ApiError, Client
 
 log = logging.getLogger(__name__)
 
-QPS = 50.0  # kubelet's eventRecordQPS default
+QPS = 50  # kubelet's eventRecordQPS default (events a second; 0: no limit)
 BURST = 100  # kubelet's eventBurst default
 QUEUE_LIMIT = 1000  # client-go's maxQueuedEvents
 SERIES_WINDOW = 600.0  # repeats within 10 minutes count on one event (client-go's aggregation window)
@@ -37,7 +37,7 @@ def _now() -> str:
 
 
 class TokenBucket:
-    """``qps`` tokens a second, at most ``burst`` saved up; :meth:`take` waits for one."""
+    """``qps`` tokens a second, at most ``burst`` saved up (``qps`` 0: no limit)."""
 
     def __init__(self, qps: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.qps, self.burst, self._clock = qps, burst, clock
@@ -46,6 +46,8 @@ class TokenBucket:
 
     def wait_time(self) -> float:
         """Seconds until a token is available (0: take it now)."""
+        if self.qps <= 0:
+            return 0.0
         now = self._clock()
         self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.qps)
         self._stamp = now

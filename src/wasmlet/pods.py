@@ -145,7 +145,9 @@ class PodController:
         )
         self.log_root = config.data_dir / "logs"
         self.sources = ApiSources(client)
-        self.events = EventRecorder(client, "wasmlet", config.node_name)
+        self.events = EventRecorder(
+            client, "wasmlet", config.node_name, qps=config.event_qps, burst=config.event_burst
+        )
         self.allocatable = node.capacity(config)
         self.queue = WorkQueue()
         self.runs: dict[str, PodRun] = {}

@@ -21,6 +21,13 @@ def test_flags_beat_environment_beat_config_file(tmp_path: Path) -> None:
     assert cfg.max_pods == 7
 
 
+def test_event_rate_defaults_to_kubelets_and_can_be_lifted(tmp_path: Path) -> None:
+    defaults = load(["--node-ip", "127.0.0.2"], tmp=tmp_path)
+    assert (defaults.event_qps, defaults.event_burst) == (50, 100)
+    cfg = load(["--node-ip", "127.0.0.2", "--event-qps", "0"], {"WASMLET_EVENT_BURST": "500"}, tmp_path)
+    assert (cfg.event_qps, cfg.event_burst) == (0, 500)
+
+
 def test_defaults_follow_the_data_dir(tmp_path: Path) -> None:
     cfg = load(["--node-name", "n1", "--node-ip", "127.0.0.2"], tmp=tmp_path)
     assert cfg.bootstrap_file == tmp_path / "config" / "bootstrap.conf"
@@ -53,6 +60,8 @@ def test_node_labels_and_insecure_registries_parse(tmp_path: Path) -> None:
         (["--port", "70000"], "--port"),
         (["--node-labels", "novalue"], "--node-labels"),
         (["--allow-local-modules", "--node-ip", "127.0.0.1", "--node-labels", "k=v=w"], "--node-labels"),
+        (["--node-ip", "127.0.0.1", "--event-qps", "-1"], "--event-qps"),
+        (["--node-ip", "127.0.0.1", "--event-burst", "0"], "--event-burst"),
     ],
 )
 def test_bad_values_name_the_setting(tmp_path: Path, argv: list[str], message: str) -> None:

@@ -112,3 +112,10 @@ def test_the_rate_is_limited_after_the_burst() -> None:
         assert bucket.wait_time() == 0
         bucket.take()
     assert bucket.wait_time() > 0
+
+
+def test_qps_zero_means_no_limit() -> None:
+    bucket = events.TokenBucket(qps=0, burst=1, clock=lambda: 0.0)
+    for _index in range(1000):
+        assert bucket.wait_time() == 0
+        bucket.take()
