@@ -46,7 +46,8 @@ def test_an_event_names_the_object_the_source_and_the_cause() -> None:
     rec = recorder(api)
     rec.event(POD, "Warning", "FailedMount", 'configmap "cfg" not found')
     assert rec.flush(5)
-    (stored,) = api.stored.values()
+    assert len(api.stored) == 1
+    stored = next(iter(api.stored.values()))
     assert stored["involvedObject"] == {
         "apiVersion": "v1",
         "kind": "Pod",
