@@ -12,14 +12,13 @@ not fill etcd with copies of one event.
 from __future__ import annotations
 
 import collections
-import datetime as dt
 import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from wasmlet.kubeapi import ApiError, Client
+from wasmlet.kubeapi import ApiError, Client, timestamp
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +29,6 @@ SERIES_WINDOW = 600.0  # repeats within 10 minutes count on one event (client-go
 SERIES_LIMIT = 4096  # events remembered for counting repeats (client-go's LRU holds 4096)
 
 Key = tuple[str, str, str, str]  # involved object uid, type, reason, message
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class TokenBucket:
@@ -69,7 +64,8 @@ class EventRecorder:
         self.dropped = 0
         self._bucket = TokenBucket(qps, burst)
         self._queue: collections.deque[dict[str, Any]] = collections.deque()
-        self._series: collections.OrderedDict[Key, tuple[float, dict[str, Any]]] = collections.OrderedDict()
+        # per repeated event: (monotonic time it was last seen, its stored name, its count)
+        self._series: collections.OrderedDict[Key, tuple[float, str, int]] = collections.OrderedDict()
         self._ready = threading.Condition()
         self._closed = False
         self._sending = False
@@ -78,7 +74,7 @@ class EventRecorder:
     def event(self, obj: dict[str, Any], kind: str, reason: str, message: str) -> None:
         """Record an event about ``obj`` (a namespaced object); returns at once."""
         meta = obj["metadata"]
-        now = _now()
+        now = timestamp()
         event = {
             "apiVersion": "v1",
             "kind": "Event",
@@ -164,27 +160,24 @@ class EventRecorder:
         namespace = obj["namespace"]
         now = time.monotonic()
         seen = self._series.get(key)
+        stored: Any = None
         if seen is not None and now - seen[0] < SERIES_WINDOW:
-            stored = seen[1]
-            count = int(stored.get("count") or 1) + 1
-            patch = {"count": count, "lastTimestamp": event["lastTimestamp"]}
+            _since, name, count = seen
+            patch = {"count": count + 1, "lastTimestamp": event["lastTimestamp"]}
             try:
-                stored = self.client.patch(
-                    f"/api/v1/namespaces/{namespace}/events/{stored['metadata']['name']}", patch, "merge"
-                )
+                stored = self.client.patch(f"/api/v1/namespaces/{namespace}/events/{name}", patch, "merge")
             except ApiError as exc:
                 if exc.status != 404:
-                    raise
-                stored = self.client.post(f"/api/v1/namespaces/{namespace}/events", event)  # expired
-            self._remember(key, now, stored)
-            return
-        stored = self.client.post(f"/api/v1/namespaces/{namespace}/events", event)
+                    raise  # 404: the apiserver's event TTL removed it; post it again
+        if stored is None:
+            stored = self.client.post(f"/api/v1/namespaces/{namespace}/events", event)
         self._remember(key, now, stored)
 
-    def _remember(self, key: Key, since: float, stored: Any) -> None:
-        if not isinstance(stored, dict) or not stored.get("metadata", {}).get("name"):
+    def _remember(self, key: Key, seen: float, stored: Any) -> None:
+        meta = stored.get("metadata") if isinstance(stored, dict) else None
+        if not isinstance(meta, dict) or not meta.get("name"):
             return
-        self._series[key] = (since, stored)
+        self._series[key] = (seen, str(meta["name"]), int(stored.get("count") or 1))
         self._series.move_to_end(key)
         while len(self._series) > SERIES_LIMIT:
             self._series.popitem(last=False)

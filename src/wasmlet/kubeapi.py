@@ -7,6 +7,7 @@ One connection pool per client, shared by all threads, keeps connections alive.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Generator
 from pathlib import Path
@@ -20,6 +21,11 @@ from wasmlet.kubeconfig import Credentials, load
 # Connections kept alive per client: the pod workers, the watch, the heartbeat, the kubelet API.
 POOL_SIZE = 16
 WATCH_CONNECT_TIMEOUT = 10.0
+
+
+def timestamp(when: dt.datetime | None = None) -> str:
+    """``when`` (default: now) as the API writes a ``metav1.Time``: RFC 3339 in UTC, whole seconds."""
+    return (when or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class ApiError(Exception):

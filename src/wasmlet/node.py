@@ -19,7 +19,7 @@ import wasmtime
 
 from wasmlet import __version__
 from wasmlet.config import NodeConfig
-from wasmlet.kubeapi import ApiError, Client
+from wasmlet.kubeapi import ApiError, Client, timestamp
 
 log = logging.getLogger(__name__)
 
@@ -100,16 +100,12 @@ def node_info() -> dict[str, str]:
     }
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _micro_now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def conditions(ready: bool = True, message: str = "wasmlet is posting ready status") -> list[dict[str, str]]:
-    now = _now()
+    now = timestamp()
 
     def cond(kind: str, status: str, reason: str, text: str) -> dict[str, str]:
         return {

@@ -29,7 +29,7 @@ from wasmlet import admission, logs, node, oci, podspec
 from wasmlet.admission import Rejection
 from wasmlet.config import NodeConfig
 from wasmlet.events import EventRecorder
-from wasmlet.kubeapi import ApiError, Client
+from wasmlet.kubeapi import ApiError, Client, timestamp
 from wasmlet.quantity import parse_quantity
 from wasmlet.runtime import Execution, ExitStatus, ModuleError, RunSpec, Runtime
 from wasmlet.server import NotFound
@@ -65,14 +65,6 @@ MOUNT_RETRY_MAX = 120.0
 EVICTION_CHECK = 10.0
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _stamp(when: dt.datetime) -> str:
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def pod_key(pod: dict[str, Any]) -> str:
     return f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
 
@@ -105,7 +97,7 @@ class PodRun:
     pod: dict[str, Any]
     containers: dict[str, ContainerRun]
     init_containers: dict[str, ContainerRun] = field(default_factory=dict)
-    start_time: str = field(default_factory=_now)
+    start_time: str = field(default_factory=timestamp)
     deleted: bool = False
     killing: bool = False
     finished: bool = False
@@ -583,7 +575,7 @@ class PodController:
         crun.ever_started = True
         # Running before the start: a module that exits at once reports its exit (from its own
         # thread) before runtime.start returns, and that must not be overwritten.
-        crun.state = {"running": {"startedAt": _now()}}
+        crun.state = {"running": {"startedAt": timestamp()}}
         crun.execution = self.runtime.start(run_spec, lambda status: self._exited(key, run, crun, status))
         self._event(run, "Normal", "Created", f"Created container {crun.name}")
         self._event(run, "Normal", "Started", f"Started container {crun.name}")
@@ -595,8 +587,8 @@ class PodController:
         terminated = {
             "exitCode": status.exit_code,
             "reason": status.reason if status.reason != "Killed" else "Error",
-            "startedAt": _stamp(status.started_at),
-            "finishedAt": _stamp(status.finished_at),
+            "startedAt": timestamp(status.started_at),
+            "finishedAt": timestamp(status.finished_at),
             "containerID": f"wasmlet://{run.uid}/{crun.name}",
         }
         if status.message:
@@ -701,7 +693,7 @@ def _resume(crun: ContainerRun, previous: dict[str, Any]) -> None:
                 "reason": "Error",
                 "message": "the wasmlet node agent restarted",
                 "startedAt": state["running"].get("startedAt"),
-                "finishedAt": _now(),
+                "finishedAt": timestamp(),
             }
         }
     elif "terminated" in state:
@@ -826,7 +818,7 @@ def pod_status(run: PodRun, node_ip: str) -> dict[str, Any]:
     ready = bool(statuses) and all(s["ready"] for s in statuses)
     if run.rejection is not None:
         phase, ready = "Failed", False
-    now = _now()
+    now = timestamp()
     before = {c["type"]: c for c in (run.last_status or {}).get("conditions", [])}
 
     def condition(kind: str, ok: bool, reason: str) -> dict[str, Any]:

@@ -245,7 +245,8 @@ class Runtime:
         try:
             return stdout, self._output.pipe(spec.stderr, f"{name}: stderr")
         except BaseException:
-            stdout.finish(0)
+            stdout.opened()
+            self._output.abandon(stdout)
             raise
 
     def _finished(self, execution: Execution) -> None:
