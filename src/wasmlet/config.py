@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from wasmlet import __version__, events, paths
+from wasmlet import __version__, events, paths, pull_limits
+from wasmlet.quantity import parse_quantity
 
 
 class ConfigError(Exception):
@@ -48,8 +49,11 @@ class NodeConfig:
     insecure_registries: frozenset[str] = frozenset()
     registry_ca_files: dict[str, Path] = field(default_factory=dict)
     allow_local_modules: bool = False
+    allowed_host_paths: tuple[Path, ...] = ()  # hostPath volumes only under these (default: none)
     event_qps: int = events.QPS  # kubelet's --event-qps: events posted per second at most; 0: unlimited
     event_burst: int = events.BURST  # kubelet's --event-burst: events posted at once after a quiet time
+    max_module_size: int = pull_limits.DEFAULT_MAX_MODULE_BYTES  # bytes of one module, declared or received
+    image_pull_timeout: float = pull_limits.DEFAULT_PULL_TIMEOUT  # seconds for a whole pull, all requests
 
     @property
     def config_dir(self) -> Path:
@@ -77,8 +81,15 @@ _OPTIONS: list[tuple[str, str, str]] = [
     ("insecure-registries", "list", "registries (host[:port]) reached over plain HTTP, comma-separated"),
     ("registry-ca-files", "labels", "CA bundles of registries with their own CA: host[:port]=/path,..."),
     ("allow-local-modules", "bool", "allow fs/<path> module references (default: false)"),
+    (
+        "allowed-host-paths",
+        "list",
+        "directories pods may mount as hostPath volumes, comma-separated (default: none)",
+    ),
     ("event-qps", "int", "events posted per second at most, as kubelet's flag; 0: unlimited (default: 50)"),
     ("event-burst", "int", "events posted at once after a quiet time, as kubelet's flag (default: 100)"),
+    ("max-module-size", "str", "largest wasm module a pull may download, a quantity (default: 512Mi)"),
+    ("image-pull-timeout", "str", "total time one image pull may take, all its requests (default: 2m)"),
 ]
 
 
@@ -167,6 +178,44 @@ def _as_list(value: object) -> frozenset[str]:
     return frozenset(v.strip() for v in str(value).split(",") if v.strip())
 
 
+def _as_host_paths(value: object) -> tuple[Path, ...]:
+    paths = sorted(_as_list(value))
+    for path in paths:
+        if not path.startswith("/"):
+            raise ConfigError(f"--allowed-host-paths: {path!r} is not an absolute path")
+    return tuple(Path(path) for path in paths)
+
+
+_DURATION_PART = re.compile(r"([0-9]*\.?[0-9]+)(h|ms|m|s)")
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def _as_duration(option: str, value: object) -> float:
+    """Seconds from a Go duration (``2m``, ``1m30s``, ``500ms``) or a number of seconds."""
+    text = str(value).strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        parts = _DURATION_PART.findall(text)
+        if not parts or "".join(number + unit for number, unit in parts) != text:
+            raise ConfigError(f"--{option}: {value!r} is not a duration (e.g. 2m, 90s, 1m30s)") from None
+        seconds = sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
+    if seconds <= 0:
+        raise ConfigError(f"--{option}: {value!r} must be more than zero")
+    return seconds
+
+
+def _as_size(option: str, value: object) -> int:
+    """Bytes from a quantity (``512Mi``, ``1G``, ``1048576``)."""
+    try:
+        size = parse_quantity(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"--{option}: {value!r} is not a quantity (e.g. 512Mi)") from None
+    if size < 1 or size != int(size):
+        raise ConfigError(f"--{option}: {value!r} must be a whole number of bytes, at least 1")
+    return int(size)
+
+
 def default_node_ip(hostname: str) -> str:
     """The host's primary address: what its hostname resolves to, skipping loopback when possible."""
     try:
@@ -250,6 +299,9 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         insecure_registries=_as_list(merged.get("insecure-registries", "")),
         registry_ca_files=_as_ca_files(merged.get("registry-ca-files", "")),
         allow_local_modules=_as_bool("allow-local-modules", merged.get("allow-local-modules", False)),
+        allowed_host_paths=_as_host_paths(merged.get("allowed-host-paths", "")),
         event_qps=_as_int("event-qps", merged.get("event-qps", events.QPS), 0, 100000),
         event_burst=_as_int("event-burst", merged.get("event-burst", events.BURST), 1, 100000),
+        max_module_size=_as_size("max-module-size", merged.get("max-module-size", "512Mi")),
+        image_pull_timeout=_as_duration("image-pull-timeout", merged.get("image-pull-timeout", "2m")),
     )

@@ -25,16 +25,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wasmlet import admission, logs, node, oci, podspec
+from wasmlet import admission, host_paths, logs, node, oci, paths, podspec
 from wasmlet.admission import Rejection
 from wasmlet.config import NodeConfig
 from wasmlet.events import EventRecorder
+from wasmlet.host_paths import HostPathPolicy
 from wasmlet.kubeapi import ApiError, Client, timestamp
 from wasmlet.quantity import parse_quantity
 from wasmlet.runtime import Execution, ExitStatus, ModuleError, RunSpec, Runtime
 from wasmlet.server import NotFound
 from wasmlet.sources import ApiSources
-from wasmlet.volumes import PodVolumes, VolumeError
+from wasmlet.volumes import PodVolumes, Preopen, VolumeError, close_preopens
 from wasmlet.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,10 @@ class PodController:
         self.runtime = runtime
         self.store = oci.ModuleStore(config.data_dir / ".oci" / "modules")
         self.registry_options = oci.RegistryOptions(
-            insecure_registries=config.insecure_registries, ca_files=config.registry_ca_files
+            insecure_registries=config.insecure_registries,
+            ca_files=config.registry_ca_files,
+            pull_timeout=config.image_pull_timeout,
+            max_module_size=config.max_module_size,
         )
         self.log_root = config.data_dir / "logs"
         self.sources = ApiSources(client)
@@ -141,6 +145,9 @@ class PodController:
             client, "wasmlet", config.node_name, qps=config.event_qps, burst=config.event_burst
         )
         self.allocatable = node.capacity(config)
+        # The node's own state is never a pod's hostPath, whatever --allowed-host-paths says.
+        own = (config.data_dir, paths.cluster_dir(), config.kubeconfig.parent, config.cert_file.parent)
+        self.host_paths = HostPathPolicy.of(config.allowed_host_paths, protected=own)
         self.queue = WorkQueue()
         self.runs: dict[str, PodRun] = {}
         self.lock = threading.Lock()
@@ -343,7 +350,9 @@ class PodController:
         volumes = run.volumes
         if volumes is None:
             root = self.config.data_dir / "pods" / run.uid / "volumes"
-            volumes = run.volumes = PodVolumes(run.pod, root, self.sources, allocatable=self.allocatable)
+            volumes = run.volumes = PodVolumes(
+                run.pod, root, self.sources, allocatable=self.allocatable, host_paths=self.host_paths
+            )
         try:
             if not run.mounted:
                 for warning in volumes.setup():
@@ -393,6 +402,9 @@ class PodController:
         """Take the pod or refuse it (Failed at once), as kubelet's admission handlers do."""
         with self.admission_lock:
             rejection = admission.not_wasm(run.pod)
+            refusal = self.host_paths.pod_refusal(run.pod)
+            if rejection is None and refusal is not None:
+                rejection = Rejection(host_paths.REASON, refusal)
             if rejection is None:
                 with self.lock:
                     others = [
@@ -459,7 +471,11 @@ class PodController:
         except VolumeError as exc:
             self._config_error(key, run, crun, str(exc))
             return
-        self._start(key, run, crun, module, spec=spec, env=env, preopens=preopens)
+        try:
+            self._start(key, run, crun, module, spec=spec, env=env, preopens=preopens)
+        except BaseException:
+            close_preopens(preopens)  # the runtime closes them once it has them
+            raise
 
     def _config_error(self, key: str, run: PodRun, crun: ContainerRun, message: str) -> None:
         """The container cannot be configured yet: say why, and try again later (kubelet)."""
@@ -545,7 +561,7 @@ class PodController:
         *,
         spec: dict[str, Any],
         env: dict[str, str],
-        preopens: list[tuple[Path, str, bool]],
+        preopens: list[Preopen],
     ) -> None:
         namespace, name = run.pod["metadata"]["namespace"], run.pod["metadata"]["name"]
         if crun.ever_started and crun.exit is not None:

@@ -62,6 +62,7 @@ from wasmtime import _ffi as ffi
 
 from wasmlet import outputs, wasi_poll
 from wasmlet.fsutil import write_atomic
+from wasmlet.held_dir import HeldDir
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,9 @@ class RunSpec:
     # What the module writes to fd 1 and fd 2, in chunks of up to 64 KiB, on the output thread.
     stdout: Callable[[bytes], None]
     stderr: Callable[[bytes], None]
-    preopens: Sequence[tuple[Path, str, bool]] = ()  # (host dir, guest path, read_only)
+    # (host dir, guest path, read_only). A HeldDir is handed over as /proc/self/fd/N (never
+    # resolved again) and closed by the runtime once the module's store holds its own descriptor.
+    preopens: Sequence[tuple[Path | HeldDir, str, bool]] = ()
     memory_limit_bytes: int | None = None
     cpu_limit: float | None = None  # cores (limits.cpu); None: not throttled
     name: str = ""  # e.g. "default/simpleserver/main", for the thread name and log records
@@ -316,6 +319,17 @@ class Execution:
             self._done.set()
 
     def _execute(self) -> tuple[int, str, str]:
+        try:
+            return self._execute_held()
+        finally:
+            self._release_preopens()  # when the module could not start: its store never took them
+
+    def _release_preopens(self) -> None:
+        for host_dir, _guest, _read_only in self._spec.preopens:
+            if isinstance(host_dir, HeldDir):
+                host_dir.close()
+
+    def _execute_held(self) -> tuple[int, str, str]:
         spec = self._spec
         try:
             ready = self._runtime._instance_pre(spec.module)
@@ -330,6 +344,8 @@ class Execution:
                 store = self._store(pipes)
             except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
                 return EXIT_START_FAILED, "Error", f"cannot start {spec.module}: {_cause(exc)}"
+            finally:
+                self._release_preopens()  # the store opened its own descriptors of them
             try:
                 return self._run_in(store, ready)
             finally:
@@ -395,7 +411,8 @@ class Execution:
         wasi.stdout_file = stdout.path
         wasi.stderr_file = stderr.path
         for host_dir, guest_path, read_only in spec.preopens:
-            wasi.preopen_dir(str(host_dir), guest_path, fs_mutable=not read_only)
+            host = host_dir.proc_path if isinstance(host_dir, HeldDir) else str(host_dir)
+            wasi.preopen_dir(host, guest_path, fs_mutable=not read_only)
         return wasi
 
     def _on_epoch_deadline(self, _context: Any, _data: Any, delta: Any, kind: Any) -> int:

@@ -22,7 +22,9 @@ Volume types:
   (``audience``, ``expirationSeconds`` default 3600 min 600, ``path``) sources; a later source's
   file replaces an earlier one's of the same path, as in kubelet. ``clusterTrustBundle`` and
   ``podCertificate`` are refused.
-- ``hostPath``: ``type`` "", ``DirectoryOrCreate`` (created 0755), ``Directory``; the file-like
+- ``hostPath``: only under the directories the node allows (:mod:`wasmlet.host_paths`, checked
+  again with symlinks resolved when it is mounted); ``type`` "", ``DirectoryOrCreate`` (created
+  0755), ``Directory``; the file-like
   types (``File``, ``FileOrCreate``, ``Socket``, ``CharDevice``, ``BlockDevice``) are refused at
   setup: a WASI preopen is a directory. A missing path with no type is created as a directory,
   as container runtimes do for a bind mount source.
@@ -36,6 +38,12 @@ the whole old set or the whole new set; WASI (cap-std) follows such relative sym
 preopen. A file the module holds open keeps its old content. A ``subPath`` into such a volume
 is the content of when the container started (kubelet's bind mount does the same): the
 directory it is in is kept until :meth:`PodVolumes.cleanup`.
+
+Every directory handed to the module is opened here component by component without following
+symlinks and held by its descriptor (:mod:`wasmlet.held_dir`): a module that swaps a directory in
+its volume for a symlink while a sibling container's subPath is being mounted gets an error, not
+the host's ``/`` (the kubelet's CVE-2017-1002101). The caller owns the descriptors
+:meth:`PodVolumes.preopens` returns.
 
 File modes only protect against other users of the host: a WASI module has no uid, it reads
 what the wasmlet process can read, and readOnly is enforced by the preopen itself.
@@ -64,6 +72,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
+from wasmlet.held_dir import HeldDir, UnsafePathError, open_beneath
+from wasmlet.host_paths import HostPathPolicy
 from wasmlet.podspec import EnvError, expand, resource_value, utf8, volume_field_value
 from wasmlet.quantity import parse_quantity
 from wasmlet.shapes import Shapes
@@ -71,8 +81,8 @@ from wasmlet.shapes import kind as _kind
 
 log = logging.getLogger(__name__)
 
-Preopen = tuple[Path, str, bool]
-"""(host directory, guest path, read_only): one of :class:`wasmlet.runtime.RunSpec`'s preopens."""
+Preopen = tuple[HeldDir, str, bool]
+"""(host directory, held open; guest path; read_only): one of :class:`wasmlet.runtime.RunSpec`'s preopens."""
 
 CONTENT_REFRESH_SECONDS = 60.0  # kubelet re-reads ConfigMaps and Secrets at every pod sync (~1 min)
 TOKEN_MAX_AGE_SECONDS = 24 * 3600.0
@@ -164,7 +174,8 @@ class PodVolumes:
 
     ``pod`` is the pod object; ``root`` the directory they live in (created on :meth:`setup`);
     ``sources`` gives ConfigMaps, Secrets and tokens; ``allocatable`` is the node's
-    ``status.allocatable`` (for ``resourceFieldRef``); ``clock`` gives epoch seconds.
+    ``status.allocatable`` (for ``resourceFieldRef``); ``host_paths`` what hostPath volumes may
+    mount (nothing by default); ``clock`` gives epoch seconds.
 
     - :meth:`setup` before the first container starts (and again on each pod sync: it is
       idempotent); a :class:`VolumeError` from it is kubelet's ``FailedMount``.
@@ -185,12 +196,14 @@ class PodVolumes:
         sources: VolumeSources,
         *,
         allocatable: Mapping[str, Any] | None = None,
+        host_paths: HostPathPolicy | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.pod = pod
         self.root = root
         self.sources = sources
         self.allocatable = allocatable or {}
+        self.host_paths = host_paths or HostPathPolicy()
         self.clock = clock
         self._lock = threading.RLock()
         self._synced_at: float | None = None
@@ -251,7 +264,8 @@ class PodVolumes:
         downwardAPI and projected volumes are always read-only, others when ``readOnly``.
         A ``subPath`` must be relative, without ``..``, and stay inside the volume once its
         symlinks are resolved; a missing one is created in an emptyDir or hostPath volume, as
-        kubelet does. Call after :meth:`setup`. Raises :class:`VolumeError` naming the mount.
+        kubelet does. Call after :meth:`setup`. Raises :class:`VolumeError` naming the mount
+        (having closed what it opened); otherwise the caller closes the directories.
         """
         with self._lock:
             volumes = self._volumes()
@@ -263,13 +277,15 @@ class PodVolumes:
             if not isinstance(mounts, list | tuple):
                 raise VolumeError(f"volumeMounts: expected a list, not {_kind(mounts)}")
             result: list[Preopen] = []
-            seen: set[str] = set()
-            for index, mount in enumerate(mounts):
-                preopen = self._preopen(index, mount, volumes, env or {})
-                if preopen[1] in seen:
-                    raise VolumeError(f'volumeMounts[{index}]: mountPath "{preopen[1]}" must be unique')
-                seen.add(preopen[1])
-                result.append(preopen)
+            try:
+                for index, mount in enumerate(mounts):
+                    preopen = self._preopen(index, mount, volumes, env or {})
+                    result.append(preopen)
+                    if any(other[1] == preopen[1] for other in result[:-1]):
+                        raise VolumeError(f'volumeMounts[{index}]: mountPath "{preopen[1]}" must be unique')
+            except BaseException:
+                close_preopens(result)
+                raise
             return result
 
     def usage_exceeded(self) -> list[str]:
@@ -379,7 +395,7 @@ class PodVolumes:
             self._empty_dir(volume, warnings)
             return False
         if volume.kind == "hostPath":
-            _host_path(volume)
+            _host_path(volume, self.host_paths)
             return False
         payload = self._payload(volume)
         target = self._dir(volume)
@@ -599,41 +615,59 @@ class PodVolumes:
         if volume is None:
             raise VolumeError(f'{where}: no volume named "{name}"', volumes=[name])
         sub_path = _sub_path(mount, env, where)
+        host_path = volume.kind == "hostPath"
         try:
-            if volume.kind == "hostPath":
+            if host_path:
                 base = Path(_host_path_name(volume.source))
             else:
                 base = self._dir(volume)
                 if base.is_symlink() or not base.is_dir():
                     raise VolumeError(f'{where}: volume "{name}" is not set up', volumes=[name])
-            host = self._resolve(base, sub_path, where, create=volume.kind in ("emptyDir", "hostPath"))
+            held = self._resolve(
+                base, sub_path, where, create=volume.kind in ("emptyDir", "hostPath"), host_path=host_path
+            )
+        except VolumeError as exc:
+            raise VolumeError(*exc.messages, volumes=[name]) from exc
         except OSError as exc:
             raise VolumeError(f"{where}: {exc.strerror or exc}", volumes=[name]) from exc
         if volume.kind in _CONTENT_KINDS and sub_path:
-            self._pin(base, host)
-        return host, mount_path, read_only or volume.kind in _CONTENT_KINDS
+            self._pin(base, held.path)
+        return held, mount_path, read_only or volume.kind in _CONTENT_KINDS
 
-    def _resolve(self, base: Path, sub_path: str, where: str, *, create: bool) -> Path:
+    def _resolve(
+        self, base: Path, sub_path: str, where: str, *, create: bool, host_path: bool = False
+    ) -> HeldDir:
+        """Resolve ``base/sub_path`` once, check it, and open it without following symlinks.
+
+        The path is resolved (symlinks inside the volume are allowed, as kubelet allows them),
+        checked to be inside the volume (and, for a hostPath, allowed by the node), then opened
+        component by component from the volume's own directory (from ``/`` for a hostPath) with
+        ``O_NOFOLLOW``: what changed in between fails the open and is never followed.
+        """
         real_base = Path(os.path.realpath(base))
-        host = Path(os.path.realpath(real_base / sub_path)) if sub_path else real_base
-        if not _inside(host, real_base):
-            raise VolumeError(f'{where}: subPath "{sub_path}" resolves outside the volume')
-        if not host.exists():
-            if not sub_path:
-                raise VolumeError(f"{where}: {base} does not exist")
-            if not create:
-                raise VolumeError(f'{where}: subPath "{sub_path}" does not exist in the volume')
-            _make_dirs(real_base, host.relative_to(real_base), mode=stat.S_IMODE(real_base.stat().st_mode))
-            host = Path(os.path.realpath(host))  # what it is now, in case it changed meanwhile
-            if not _inside(host, real_base):
-                raise VolumeError(f'{where}: subPath "{sub_path}" resolves outside the volume')
-        if not host.is_dir():
-            what = f'subPath "{sub_path}"' if sub_path else str(base)
-            raise VolumeError(
-                f"{where}: {what} is not a directory: a WASI module can only mount directories "
-                "(preopens), not files"
-            )
-        return host
+        target = Path(os.path.realpath(real_base / sub_path)) if sub_path else real_base
+        what = f'subPath "{sub_path}"' if sub_path else str(base)
+        if not _inside(target, real_base):
+            raise VolumeError(f"{where}: {what} resolves outside the volume")
+        if host_path:
+            refusal = self.host_paths.refusal(str(target))
+            if refusal:
+                raise VolumeError(f"{where}: hostPath {refusal}")
+        if not sub_path and not target.exists():
+            raise VolumeError(f"{where}: {base} does not exist")
+        top = Path("/") if host_path else real_base
+        mode = stat.S_IMODE(real_base.stat().st_mode) if create and sub_path else None
+        try:
+            return open_beneath(top, target.relative_to(top), create_mode=mode)
+        except FileNotFoundError:
+            raise VolumeError(f"{where}: {what} does not exist in the volume") from None
+        except UnsafePathError as exc:
+            if target.is_file():
+                raise VolumeError(
+                    f"{where}: {what} is not a directory: a WASI module can only mount directories "
+                    "(preopens), not files"
+                ) from None
+            raise VolumeError(f"{where}: {what} changed while it was mounted: {exc.strerror}") from None
 
     def _pin(self, base: Path, host: Path) -> None:
         """Keep the ``..<timestamp>`` directory a subPath preopen points into (see the module doc)."""
@@ -684,9 +718,13 @@ def _host_path_name(source: Mapping[str, Any]) -> str:
     return path
 
 
-def _host_path(volume: _Volume) -> None:
-    """hostPath's type check (kubelet's checkType), after refusing what cannot be a preopen."""
+def _host_path(volume: _Volume, policy: HostPathPolicy) -> None:
+    """hostPath's type check (kubelet's checkType), after refusing what the node does not allow
+    and what cannot be a preopen."""
     path = _host_path_name(volume.source)
+    refusal = policy.refusal(path)
+    if refusal:
+        raise VolumeError(f"hostPath {refusal}")
     kind = _string(volume.source, "type", "hostPath")
     if kind in _FILE_HOST_PATH_TYPES:
         raise VolumeError(
@@ -821,34 +859,22 @@ def _inside(path: Path, base: Path) -> bool:
     return path == base or base in path.parents
 
 
+def close_preopens(preopens: Sequence[Preopen]) -> None:
+    """Close the directories of ``preopens`` (once the module's store holds its own, or on failure)."""
+    for held, _guest, _read_only in preopens:
+        held.close()
+
+
 # --- the filesystem --------------------------------------------------------------------------
 
 
 def _make_dirs(base: Path, relative: Path, mode: int = DIR_MODE) -> None:
-    """Create ``base/relative`` one directory at a time with ``mode``, never through a symlink.
-
-    Each step is relative to the directory opened before it (openat with O_NOFOLLOW), so a
-    symlink swapped in meanwhile (by a module sharing the volume) fails instead of being followed.
-    """
+    """Create ``base/relative`` one directory at a time with ``mode``, never through a symlink."""
     base.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        for part in relative.parts:
-            created = True
-            try:
-                os.mkdir(part, mode, dir_fd=fd)
-            except FileExistsError:
-                created = False
-            try:
-                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-            except OSError as exc:
-                raise VolumeError(f"{part} is not a directory ({exc.strerror})") from None
-            os.close(fd)
-            fd = child
-            if created:
-                os.fchmod(fd, mode)  # mkdir's mode went through the umask
-    finally:
-        os.close(fd)
+        open_beneath(base, relative.as_posix(), create_mode=mode).close()
+    except UnsafePathError as exc:
+        raise VolumeError(str(exc.strerror)) from None
 
 
 def _write_payload(target: Path, payload: Payload, *, keep: set[Path]) -> bool:

@@ -67,13 +67,17 @@ def wasm_node(
     cluster: Cluster, registry: Registry, secure_registry: Registry, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WasmletNode]:
     """One real wasmlet node for the session, joined, its serving certificate approved,
-    pulling from the plain-HTTP local registry and trusting the secure registry's CA."""
+    pulling from the plain-HTTP local registry and trusting the secure registry's CA; its pods
+    may mount host directories under the session's temporary directory (where its own data
+    directory is too, which they may not mount)."""
     admin = cluster.admin()
     extra = (
         "--insecure-registries",
         registry.host,
         "--registry-ca-files",
         f"{secure_registry.host}={secure_registry.ca}",
+        "--allowed-host-paths",
+        str(tmp_path_factory.getbasetemp()),
     )
     with joined_node(
         admin, tmp_path_factory.mktemp("wasm-node"), unique("wasm-node"), "127.0.0.2", *extra

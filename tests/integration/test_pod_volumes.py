@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from helpers import ROOT, Pods, Registry, delete_quietly, unique, wait_for
 
-from wasmlet import oci
+from wasmlet import oci, paths
 from wasmlet.kubeapi import Client
 
 pytestmark = pytest.mark.integration
@@ -241,13 +241,22 @@ def test_a_missing_configmap_is_a_failed_mount_until_it_appears(
             {"persistentVolumeClaim": {"claimName": "data"}},
             "persistentVolumeClaim volumes are not supported by wasmlet",
         ),
-        ({"hostPath": {"path": "/etc/hostname", "type": "File"}}, "a WASI module can only mount directories"),
+        (
+            {"hostPath": {"path": "{allowed}/a-file", "type": "File"}},
+            "a WASI module can only mount directories",
+        ),
     ],
     ids=["pvc", "hostpath-file"],
 )
 def test_volumes_a_module_cannot_mount_fail_clearly(
-    pods: Pods, fsprobe: str, volume: dict[str, Any], cause: str
+    pods: Pods, fsprobe: str, volume: dict[str, Any], cause: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
+    if "hostPath" in volume:
+        allowed = tmp_path_factory.getbasetemp()
+        (allowed / "a-file").write_text("a file")
+        volume = {
+            "hostPath": {**volume["hostPath"], "path": volume["hostPath"]["path"].format(allowed=allowed)}
+        }
     name = unique("unmountable")
     pods.create(
         name,
@@ -311,3 +320,29 @@ def test_several_containers_run_side_by_side_and_share_a_volume(pods: Pods, fspr
     )
     assert pods.logs(name, container="writer") == "filled /d/note\n"
     assert pods.get(name)["status"]["phase"] == "Running"
+
+
+@pytest.mark.parametrize(
+    "where", ["/", "{data_dir}", "{cluster_dir}/pki", "/etc"], ids=["root", "data", "pki", "etc"]
+)
+def test_a_host_path_the_node_does_not_allow_fails_the_pod_naming_the_field_and_the_flag(
+    pods: Pods, fsprobe: str, where: str
+) -> None:
+    """Seen by an attacker: ``hostPath: /`` read the cluster CA key and the admin kubeconfig."""
+    path = where.format(data_dir=pods.node.data_dir, cluster_dir=paths.cluster_dir())
+    name = unique("hostpath")
+    pods.create(
+        name,
+        fsprobe,
+        {"args": ["ls", "/host"], "volumeMounts": [{"name": "host", "mountPath": "/host"}]},
+        volumes=[{"name": "host", "hostPath": {"path": path}}],
+    )
+    status = wait_for(
+        "the pod to fail", lambda: (s := pods.get(name)["status"]).get("phase") == "Failed" and s
+    )
+    assert status["reason"] == "HostPathNotAllowed"
+    assert status["message"].startswith(f"Pod was rejected: spec.volumes[0].hostPath.path: {path} ")
+    assert "--allowed-host-paths" in status["message"] or "node's state" in status["message"]
+    events = [e for e in pods.events(name) if e["reason"] == "HostPathNotAllowed"]
+    assert events and events[0]["type"] == "Warning"
+    assert not (pods.node.data_dir / "pods" / pods.get(name)["metadata"]["uid"]).exists()

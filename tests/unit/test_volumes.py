@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import stat
 import tempfile
+import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,13 +18,16 @@ import wasmtime
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from wasmlet.host_paths import HostPathPolicy
 from wasmlet.kubeapi import ApiError, Client
 from wasmlet.podspec import EnvError, format_map, go_quote, volume_field_value
+from wasmlet.runtime import RunSpec, Runtime
 from wasmlet.sources import ApiSources
 from wasmlet.volumes import (
     CONTENT_REFRESH_SECONDS,
     PodVolumes,
     VolumeError,
+    close_preopens,
 )
 
 START = 1_700_000_000.0
@@ -128,9 +133,24 @@ def volumes_for(
         tmp_path / "pods" / "uid" / "volumes",
         sources,
         allocatable={"cpu": "4", "memory": "8Gi"},
+        host_paths=HostPathPolicy.of([tmp_path], [tmp_path / "pods"]),
         clock=clock,
     )
     return pod_volumes, pod
+
+
+def mounted(
+    pod_volumes: PodVolumes, container: Mapping[str, Any], env: Mapping[str, str] | None = None
+) -> list[tuple[Path, str, bool]]:
+    """``preopens`` with each held directory checked to be the one its path names, then closed."""
+    preopens = pod_volumes.preopens(container, env)
+    try:
+        for held, _guest, _read_only in preopens:
+            assert os.path.samestat(os.fstat(held.fd), os.stat(held.path))
+            assert os.readlink(held.proc_path) == str(held.path)
+        return [(held.path, guest, read_only) for held, guest, read_only in preopens]
+    finally:
+        close_preopens(preopens)
 
 
 def mode(path: Path) -> int:
@@ -174,7 +194,7 @@ def test_empty_dir_is_a_writable_directory_0777_in_kubelets_layout(tmp_path: Pat
     assert mode(data) == 0o777
     assert mode(root) == 0o755
     assert mode(root / "kubernetes.io~empty-dir") == 0o755
-    assert pod_volumes.preopens(container(pod)) == [
+    assert mounted(pod_volumes, container(pod)) == [
         (data, "/data", False),
         (root / "kubernetes.io~empty-dir" / "scratch", "/scratch", True),
     ]
@@ -205,7 +225,7 @@ def test_memory_medium_is_a_directory_with_a_warning_given_once(tmp_path: Path) 
         'volume "cache": emptyDir medium Memory is a directory on disk under wasmlet'
     ]
     assert pod_volumes.setup() == []
-    assert pod_volumes.preopens(container(pod))[0][2] is False
+    assert mounted(pod_volumes, container(pod))[0][2] is False
 
 
 @pytest.mark.parametrize(
@@ -262,7 +282,7 @@ def test_config_map_keys_and_binary_data_become_read_only_files(tmp_path: Path) 
     assert os.readlink(target / "app.ini") == "..data/app.ini"
     assert os.readlink(target / "..data").startswith("..20")
     assert sorted(p for p in os.listdir(target) if not p.startswith("..")) == ["app.ini", "logo.png"]
-    assert pod_volumes.preopens(container(pod)) == [(target, "/etc/app", True)]  # always read-only
+    assert mounted(pod_volumes, container(pod)) == [(target, "/etc/app", True)]  # always read-only
     assert pod_volumes.next_refresh() == CONTENT_REFRESH_SECONDS
 
 
@@ -307,7 +327,7 @@ def test_secrets_are_never_world_readable(tmp_path: Path) -> None:
     assert mode(base / "plain" / "password") == 0o640  # kubelet: 0644
     assert mode(base / "wide" / "tls.key") == 0o770  # kubelet: 0777
     assert mode(base / "item" / "p") == 0o600  # kubelet: 0604
-    assert pod_volumes.preopens(container(pod))[0][2] is True
+    assert mounted(pod_volumes, container(pod))[0][2] is True
 
 
 @pytest.mark.parametrize(
@@ -406,7 +426,7 @@ def test_optional_sources_may_be_missing(tmp_path: Path) -> None:
     assert [p for p in os.listdir(base / "kubernetes.io~configmap" / "none") if not p.startswith("..")] == []
     assert os.listdir(base / "kubernetes.io~configmap" / "some") != []
     assert not (base / "kubernetes.io~configmap" / "some" / "m").exists()
-    assert pod_volumes.preopens(container(pod)) == [
+    assert mounted(pod_volumes, container(pod)) == [
         (base / "kubernetes.io~configmap" / "none", "/none", True)
     ]
     sources.configmaps["nope"] = {"late": b"1"}  # appears later: the next refresh shows it
@@ -537,7 +557,7 @@ def test_downward_api_files(tmp_path: Path) -> None:
     }
     assert mode(target / "tier") == 0o600
     assert mode(target / "name") == 0o644
-    assert pod_volumes.preopens(container(pod))[0][2] is True
+    assert mounted(pod_volumes, container(pod))[0][2] is True
     assert pod_volumes.next_refresh() is None  # changes come with the pod: refresh(pod)
 
     assert (
@@ -618,7 +638,7 @@ def test_the_default_service_account_volume(tmp_path: Path) -> None:
             "expiration_seconds": 3607,
         }
     ]
-    assert pod_volumes.preopens(container(pod)) == [
+    assert mounted(pod_volumes, container(pod)) == [
         (target, "/var/run/secrets/kubernetes.io/serviceaccount", True)
     ]
 
@@ -765,7 +785,7 @@ def test_host_path_directory_is_used_in_place(tmp_path: Path) -> None:
     pod_volumes.setup()
     assert mode(tmp_path / "host" / "made" / "deep") & 0o755 == 0o755
     assert (tmp_path / "host" / "untyped").is_dir()
-    assert pod_volumes.preopens(container(pod)) == [
+    assert mounted(pod_volumes, container(pod)) == [
         (host, "/data", False),
         (tmp_path / "host" / "made" / "deep", "/made", True),
     ]
@@ -846,7 +866,7 @@ def test_sub_paths_inside_an_empty_dir_are_created(tmp_path: Path) -> None:
     )
     pod_volumes.setup()
     data = tmp_path / "pods" / "uid" / "volumes" / "kubernetes.io~empty-dir" / "data"
-    assert pod_volumes.preopens(container(pod), {"POD_NAME": "web"}) == [
+    assert mounted(pod_volumes, container(pod), {"POD_NAME": "web"}) == [
         (data / "one" / "two", "/a", False),
         (data / "web" / "logs", "/b", False),
         (data / "$(LITERAL)", "/c", False),
@@ -864,7 +884,7 @@ def test_a_symlink_inside_the_volume_is_followed(tmp_path: Path) -> None:
     data = tmp_path / "pods" / "uid" / "volumes" / "kubernetes.io~empty-dir" / "data"
     (data / "real" / "x").mkdir(parents=True)
     (data / "link").symlink_to("real")
-    assert pod_volumes.preopens(container(pod)) == [(data / "real" / "x", "/a", False)]
+    assert mounted(pod_volumes, container(pod)) == [(data / "real" / "x", "/a", False)]
 
 
 @pytest.mark.parametrize(
@@ -939,7 +959,7 @@ def test_a_sub_path_into_a_config_map_keeps_its_content_of_the_start(
     )
     pod_volumes.setup()
     target = tmp_path / "pods" / "uid" / "volumes" / "kubernetes.io~configmap" / "config"
-    (conf, _guest, read_only), (whole, _guest2, _ro) = pod_volumes.preopens(container(pod))
+    (conf, _guest, read_only), (whole, _guest2, _ro) = mounted(pod_volumes, container(pod))
     assert read_only is True
     assert conf.parent.name.startswith("..20")
     assert whole == Path(os.path.realpath(target))
@@ -1007,7 +1027,7 @@ def test_mounting_before_setup_fails_cleanly(tmp_path: Path) -> None:
         tmp_path, [{"name": "data", "emptyDir": {}}], [{"name": "data", "mountPath": "/d"}]
     )
     assert preopen_error(pod_volumes, pod) == 'volumeMount "data": volume "data" is not set up'
-    assert pod_volumes.preopens({"name": "other"}) == []
+    assert mounted(pod_volumes, {"name": "other"}) == []
 
 
 @pytest.mark.parametrize(
@@ -1138,7 +1158,7 @@ def test_a_module_reads_the_files_through_the_data_symlinks(tmp_path: Path) -> N
         sources,
     )
     pod_volumes.setup()
-    (preopen,) = pod_volumes.preopens(container(pod))
+    (preopen,) = mounted(pod_volumes, container(pod))
     assert cat(preopen, "a", tmp_path / "out1") == (0, b"one")
     assert cat(preopen, "dir/b", tmp_path / "out2") == (0, b"one")
     sources.configmaps["cfg"] = {"a": b"two"}
@@ -1421,7 +1441,14 @@ def check_spec(volumes: Any, mounts: Any, refresh: bool) -> list[tuple[Path, str
         pod = make_pod(_expand_host(volumes, host))
         pod["spec"]["containers"][0]["volumeMounts"] = mounts
         root = base / "pods" / "uid" / "volumes"
-        pod_volumes = PodVolumes(pod, root, sources, allocatable={"cpu": "2"}, clock=clock)
+        pod_volumes = PodVolumes(
+            pod,
+            root,
+            sources,
+            allocatable={"cpu": "2"},
+            host_paths=HostPathPolicy.of([host], [root]),
+            clock=clock,
+        )
         with contextlib.suppress(VolumeError):
             pod_volumes.setup()
         for empty in root.glob("kubernetes.io~empty-dir/*"):  # a module's symlinks, escaping or not
@@ -1435,7 +1462,7 @@ def check_spec(volumes: Any, mounts: Any, refresh: bool) -> list[tuple[Path, str
             with contextlib.suppress(VolumeError):
                 pod_volumes.refresh()
         try:
-            preopens = pod_volumes.preopens(container(pod), {"DIR": "d", "UP": "..", "LINK": "out"})
+            preopens = mounted(pod_volumes, container(pod), {"DIR": "d", "UP": "..", "LINK": "out"})
         except VolumeError:
             preopens = []
         expanded = pod["spec"]["volumes"]
@@ -1501,3 +1528,62 @@ def test_api_sources_cache_reads_for_their_ttl() -> None:
     now[0] += 10
     sources.configmap_files("shop", "kube-root-ca.crt")
     assert client.calls[-1] == path and len(client.calls) == 3
+
+
+# --- the subPath race (CVE-2017-1002101): a module flips a directory to a symlink ---------------
+
+
+def test_a_sub_path_flipped_to_a_symlink_while_mounting_never_shows_the_host(tmp_path: Path) -> None:
+    """A sibling swaps directory ``d`` in the shared emptyDir with a symlink to a secret directory of
+    the host's (renameat2 RENAME_EXCHANGE: ``d`` never goes missing), as fast as it can, while the
+    container with ``subPath: d`` is mounted and started again and again on the real runtime:
+    every start either fails to mount or reads the volume's own ``marker``."""
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "marker").write_text("host secret")
+    pod_volumes, pod = volumes_for(
+        tmp_path,
+        [{"name": "shared", "emptyDir": {}}],
+        [{"name": "shared", "mountPath": "/d", "subPath": "d"}],
+    )
+    pod_volumes.setup()
+    shared = tmp_path / "pods" / "uid" / "volumes" / "kubernetes.io~empty-dir" / "shared"
+    (shared / "d").mkdir()
+    (shared / "d" / "marker").write_text("inside")
+    (shared / "link").symlink_to(secret)
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd, rename_exchange = -100, 2
+    names = (bytes(shared / "d"), bytes(shared / "link"))
+    stop = threading.Event()
+
+    def flip() -> None:
+        while not stop.is_set():
+            assert libc.renameat2(at_fdcwd, names[0], at_fdcwd, names[1], rename_exchange) == 0
+
+    runtime = Runtime(tmp_path / "cache")
+    (tmp_path / "cat.wasm").write_bytes(wasmtime.wat2wasm(CAT))
+    module = runtime.precompile(tmp_path / "cat.wasm")
+    flipper = threading.Thread(target=flip, daemon=True)
+    flipper.start()
+    seen: list[bytes] = []
+    refused = 0
+    try:
+        for _attempt in range(300):
+            try:
+                preopens = pod_volumes.preopens(container(pod))
+            except VolumeError as exc:
+                assert "changed while it was mounted" in str(exc) or "resolves outside the volume" in str(exc)
+                refused += 1
+                continue
+            out: list[bytes] = []
+            run_spec = RunSpec(module, ["cat", "marker"], {}, out.append, out.append, preopens=preopens)
+            status = runtime.start(run_spec, lambda _status: None).wait(10)
+            assert status is not None and all(held.closed for held, _g, _r in preopens)
+            seen.append(b"".join(out))
+    finally:
+        stop.set()
+        flipper.join()
+        runtime.close()
+    assert b"host secret" not in b"".join(seen)
+    assert set(seen) == {b"inside"}
+    assert refused < 300  # the race was run: some starts got through
