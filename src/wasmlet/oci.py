@@ -79,8 +79,9 @@ from pathlib import Path
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
-from wasmlet import paths
+from wasmlet import paths, pull_limits
 from wasmlet.fsutil import PUBLIC_MODE, write_atomic
+from wasmlet.pull_limits import size_text
 
 try:
     import oras.container
@@ -113,7 +114,8 @@ MANIFEST_ACCEPT: Final = ", ".join((*MANIFEST_TYPES, *INDEX_TYPES))
 WASM_OS: Final = ("wasip1", "wasi")
 WASM_ARCHITECTURES: Final = ("wasm", "wasm32")
 
-MAX_MANIFEST_BYTES: Final = 4 * 1024 * 1024  # containerd's limit
+MAX_MANIFEST_BYTES: Final = pull_limits.MAX_MANIFEST_BYTES  # containerd's limit; indexes and configs too
+MAX_MODULE_SIZE_SETTING: Final = "--max-module-size"
 TITLE_ANNOTATION: Final = "org.opencontainers.image.title"
 
 DOCKER_HUB: Final = "docker.io"
@@ -453,12 +455,17 @@ class RegistryOptions:
     insecure by default). ``ca_files``: per registry, a CA bundle to verify its TLS certificate
     with; ``ca_file``: the bundle for every other TLS registry. A bundle replaces the system
     trust store for that registry (``requests`` semantics); ``None`` means the system store.
+    ``timeout`` bounds each request; ``pull_timeout`` (``--image-pull-timeout``) a whole pull,
+    every request of it together (None: no total deadline); ``max_module_size``
+    (``--max-module-size``) the bytes of one module, declared or received.
     """
 
     insecure_registries: frozenset[str] = frozenset()
     ca_file: Path | None = None
     ca_files: Mapping[str, Path] = field(default_factory=dict)
     timeout: float = 30.0
+    pull_timeout: float | None = None
+    max_module_size: int = pull_limits.DEFAULT_MAX_MODULE_BYTES
 
     def insecure(self, registry: str) -> bool:
         return registry.lower() in {entry.lower() for entry in self.insecure_registries}
@@ -835,10 +842,20 @@ class _Transport:
         params: Any = None,
         stream: bool = False,
     ) -> requests.Response:
-        """One HTTP exchange; transport failures become :class:`_Failure` with a clear cause."""
+        """One HTTP exchange; transport failures become :class:`_Failure` with a clear cause.
+
+        Within a pull's deadline (:func:`pull_limits.current`), the timeout is what is left of it,
+        and a connection shut down at the deadline fails with the deadline as its cause.
+        """
         netloc = urlsplit(url).netloc
+        deadline = pull_limits.current()
+        timeout = self.timeout
+        if deadline is not None:
+            deadline.check()
+            timeout = deadline.timeout(self.timeout)
         try:
-            response = self.session.request(
+            response = self._request(
+                netloc,
                 method,
                 url,
                 headers=dict(headers or {}),
@@ -847,20 +864,31 @@ class _Transport:
                 params=params,
                 stream=stream,
                 verify=self.verify,
-                timeout=self.timeout,
+                timeout=timeout,
             )
+        except _Failure:
+            if deadline is not None:
+                deadline.check()  # a connection shut down at the deadline: say so
+            raise
+        if deadline is not None and deadline.expired:  # headers cut short by the shutdown
+            response.close()
+            deadline.check()
+        log.debug("%s %s -> %s", method, url, response.status_code)
+        return response
+
+    def _request(self, netloc: str, method: str, url: str, **kwargs: Any) -> requests.Response:
+        try:
+            return self.session.request(method, url, **kwargs)
         except requests.exceptions.SSLError as exc:
             raise _Failure(_tls_cause(exc, netloc)) from exc
         except requests.exceptions.Timeout as exc:
-            raise _Failure(f"timeout after {self.timeout:g}s talking to {netloc}") from exc
+            raise _Failure(f"timeout after {kwargs['timeout']:g}s talking to {netloc}") from exc
         except requests.exceptions.ConnectionError as exc:
             raise _Failure(_connection_cause(exc, netloc)) from exc
         except requests.exceptions.RequestException as exc:
             raise _Failure(f"request to {netloc} failed: {exc}") from exc
         except OSError as exc:  # requests: "Could not find a suitable TLS CA certificate bundle"
             raise _Failure(f"tls: cannot use the CA file {self.verify!r} for {netloc}: {exc}") from exc
-        log.debug("%s %s -> %s", method, url, response.status_code)
-        return response
 
     def request(
         self,
@@ -882,14 +910,14 @@ class _Transport:
         if response.status_code != 401:
             return response
         challenge = response.headers.get("WWW-Authenticate", "")
-        refused = http_error_cause(401, response.content)
+        refused = http_error_cause(401, pull_limits.read_prefix(response))
         response.close()
         if not challenge:
             raise _Failure(f"{refused}; the registry sent no WWW-Authenticate challenge")
         sent_headers["Authorization"] = self._answer(challenge, scope, authorization)
         response = self.send(method, url, headers=sent_headers, data=data, json_body=json_body, stream=stream)
         if response.status_code == 401:
-            refused = http_error_cause(401, response.content)
+            refused = http_error_cause(401, pull_limits.read_prefix(response))
             response.close()
             raise _Failure(f"{refused}; the registry refused {self._who()}")
         return response
@@ -954,14 +982,14 @@ class _Transport:
             form |= {"client_id": "wasmlet", "scope": " ".join(scopes)}
             if service:
                 form["service"] = service
-            response = self.send("POST", realm, headers=headers, data=form)
+            response = self.send("POST", realm, headers=headers, data=form, stream=True)
         else:
             basic = self.auth.basic_header() if trusted else None
             if basic:
                 headers["Authorization"] = basic
             query = [("service", service)] if service else []
             query += [("scope", item) for item in scopes]
-            response = self.send("GET", realm, headers=headers, params=query)
+            response = self.send("GET", realm, headers=headers, params=query, stream=True)
         with response:
             if response.status_code in (401, 403):
                 raise _Failure(
@@ -971,7 +999,15 @@ class _Transport:
             if response.status_code != 200:
                 raise _Failure(f"token service {realm} answered HTTP {response.status_code}")
             try:
-                body = response.json()
+                body = json.loads(
+                    b"".join(
+                        pull_limits.read_bounded(
+                            response, MAX_MANIFEST_BYTES, "the token service's answer", "the limit"
+                        )
+                    )
+                )
+            except pull_limits.TRANSPORT_ERRORS as exc:
+                raise _Failure(f"token service {realm}: reading the answer failed: {exc}") from exc
             except ValueError as exc:
                 raise _Failure(f"token service {realm} answered with invalid JSON") from exc
         token = (body.get("token") or body.get("access_token")) if isinstance(body, dict) else None
@@ -997,6 +1033,7 @@ if ORAS_IMPORT_ERROR is None:
             verify = transport_options["verify"]
             super().__init__(hostname=transport_options["host"], insecure=insecure, tls_verify=verify)
             self.session.auth = _NoNetrcAuth()
+            pull_limits.watch_connections(self.session)
             self.transport = _Transport(self.session, **transport_options)
 
         def do_request(  # noqa: PLR0917 - oras' signature, positional callers included
@@ -1016,15 +1053,18 @@ if ORAS_IMPORT_ERROR is None:
 # --- the client ---------------------------------------------------------------------------------
 
 
-def _read_limited(response: requests.Response, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    total = 0
-    for chunk in response.iter_content(65536):
-        total += len(chunk)
-        if total > limit:
-            raise _Failure(f"manifest larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _read_body(response: requests.Response, limit: int, what: str, setting: str) -> bytes:
+    try:
+        return b"".join(pull_limits.read_bounded(response, limit, what, setting))
+    except pull_limits.TRANSPORT_ERRORS as exc:
+        _check_deadline()
+        raise _Failure(f"download of {what} failed: {exc}") from exc
+
+
+def _check_deadline() -> None:
+    deadline = pull_limits.current()
+    if deadline is not None:
+        deadline.check()
 
 
 class RegistryClient:
@@ -1043,12 +1083,14 @@ class RegistryClient:
         insecure: bool = False,
         verify: bool | str = True,
         timeout: float = 30.0,
+        max_module_size: int = pull_limits.DEFAULT_MAX_MODULE_BYTES,
     ) -> None:
         if ORAS_IMPORT_ERROR is not None:
             raise ImportError(f"wasmlet.oci needs oras-py (pip install oras): {ORAS_IMPORT_ERROR}")
         self.registry = _normalise_host(registry)
         self.host = DOCKER_HUB_API if self.registry == DOCKER_HUB else self.registry
         self.insecure = insecure
+        self.max_module_size = max_module_size
         self._oras = _OrasRegistry(
             {
                 "registry": self.registry,
@@ -1071,6 +1113,7 @@ class RegistryClient:
             insecure=options.insecure(registry),
             verify=options.verify(registry),
             timeout=options.timeout,
+            max_module_size=options.max_module_size,
         )
 
     @property
@@ -1108,7 +1151,7 @@ class RegistryClient:
     def _failures(self, verb: str, ref: Reference, error: type[RegistryError]) -> Iterator[None]:
         try:
             yield
-        except _Failure as exc:
+        except (_Failure, pull_limits.LimitExceeded) as exc:
             raise error(
                 f"failed to {verb} {ref} from registry {self.registry}: {exc.cause}",
                 reference=str(ref),
@@ -1120,7 +1163,7 @@ class RegistryClient:
     def _expect(response: requests.Response, ok: Collection[int], kind: str) -> None:
         if response.status_code in ok:
             return
-        body = response.content if response.request is None or response.request.method != "HEAD" else b""
+        body = pull_limits.read_prefix(response)
         response.close()
         raise _Failure(http_error_cause(response.status_code, body, kind))
 
@@ -1144,14 +1187,29 @@ class RegistryClient:
             return digest
         return self.get_manifest(ref).digest
 
-    def get_manifest(self, ref: Reference, target: str | None = None) -> Manifest:
+    def get_manifest(self, ref: Reference, target: str | None = None, size: int | None = None) -> Manifest:
         """The manifest (or index) ``target`` (default: ``ref``'s tag or digest), verified.
 
         Fetched by digest, the bytes must hash to it; fetched by tag, to the registry's
-        ``Docker-Content-Digest`` when it sends one (as Docker does).
+        ``Docker-Content-Digest`` when it sends one (as Docker does). At most 4 MiB are read, or
+        ``size`` (a descriptor's) when given: more is refused, whatever the registry declares.
         """
         self._check_ref(ref)
         target = target or ref.target
+        limit, setting = MAX_MANIFEST_BYTES, "the manifest size limit"
+        if size is not None:
+            if size > MAX_MANIFEST_BYTES:
+                cause = (
+                    f"manifest {target} declares {size_text(size)}, more than the manifest size "
+                    f"limit {size_text(MAX_MANIFEST_BYTES)}"
+                )
+                raise PullError(
+                    f"failed to pull {ref} from registry {self.registry}: {cause}",
+                    reference=str(ref),
+                    registry=self.registry,
+                    cause=cause,
+                )
+            limit, setting = size, "its descriptor's size"
         with self._failures("pull", ref, PullError):
             response = self._oras.do_request(
                 self._manifest_url(ref.repository, target),
@@ -1161,7 +1219,7 @@ class RegistryClient:
             )
             with response:
                 self._expect(response, (200,), "manifest")
-                raw = _read_limited(response, MAX_MANIFEST_BYTES)
+                raw = _read_body(response, limit, f"manifest {target}", setting)
                 header_digest = response.headers.get("Docker-Content-Digest", "")
                 content_type = response.headers.get("Content-Type", "")
         expected = target if _valid_digest(target) else header_digest if _valid_digest(header_digest) else ""
@@ -1176,6 +1234,14 @@ class RegistryClient:
                 cause=cause,
             )
         digest = actual if algorithm == "sha256" or not expected else expected
+        if size is not None and len(raw) != size:
+            cause = f"manifest {target} is {len(raw)} bytes, its descriptor says {size}"
+            raise DigestMismatchError(
+                f"failed to pull {ref} from registry {self.registry}: {cause}",
+                reference=str(ref),
+                registry=self.registry,
+                cause=cause,
+            )
         try:
             data = json.loads(raw)
             if not isinstance(data, dict):
@@ -1198,7 +1264,7 @@ class RegistryClient:
         manifest = top
         if manifest_kind(top.media_type, top.data) == "index":
             entry = select_platform(top.data, reference=str(ref), registry=self.registry)
-            manifest = self.get_manifest(ref, entry.digest)
+            manifest = self.get_manifest(ref, entry.digest, entry.size)
             if manifest_kind(manifest.media_type, manifest.data) != "manifest":
                 cause = f"index entry {entry.digest} is itself an index"
                 raise PullError(
@@ -1210,16 +1276,40 @@ class RegistryClient:
         layer = select_wasm_layer(manifest.data, reference=str(ref), registry=self.registry)
         config = manifest.data.get("config")
         config_type = str(config.get("mediaType", "")) if isinstance(config, Mapping) else ""
+        config_size = config.get("size") if isinstance(config, Mapping) else None
+        if isinstance(config_size, int) and config_size > MAX_MANIFEST_BYTES:
+            cause = (
+                f"the config blob declares {size_text(config_size)}, more than the manifest "
+                f"size limit {size_text(MAX_MANIFEST_BYTES)}"
+            )
+            raise PullError(
+                f"failed to pull {ref} from registry {self.registry}: {cause}",
+                reference=str(ref),
+                registry=self.registry,
+                cause=cause,
+            )
         return ResolvedModule(digest=top.digest, layer=layer, config_media_type=config_type)
 
     def blob_chunks(self, ref: Reference, descriptor: Descriptor) -> Generator[bytes, None, None]:
-        """Stream a blob (oras ``get_blob``); close the generator to drop the connection early."""
+        """Stream a blob (oras ``get_blob``); close the generator to drop the connection early.
+
+        A descriptor larger than ``max_module_size`` is refused before any request; the download
+        stops at the descriptor's size + 1 byte, whatever ``Content-Length`` says.
+        """
         with self._failures("pull", ref, PullError):
+            if descriptor.size > self.max_module_size:
+                raise _Failure(
+                    f"layer {descriptor.digest} declares {size_text(descriptor.size)}, more than "
+                    f"{MAX_MODULE_SIZE_SETTING} {size_text(self.max_module_size)}"
+                )
             response = self._oras.get_blob(self._container(ref.repository), descriptor.digest, stream=True)
             try:
                 self._expect(response, (200,), "blob")
-                yield from response.iter_content(65536)
-            except requests.exceptions.RequestException as exc:
+                yield from pull_limits.read_bounded(
+                    response, descriptor.size, f"layer {descriptor.digest}", "its descriptor's size"
+                )
+            except pull_limits.TRANSPORT_ERRORS as exc:
+                _check_deadline()
                 raise _Failure(f"download of {descriptor.digest} failed: {exc}") from exc
             finally:
                 response.close()
@@ -1532,13 +1622,21 @@ def ensure_module(
         )
     if policy == "IfNotPresent" and cached is not None:
         return cached
-    if client is not None:
-        client._check_ref(ref)
-        return _ensure_with(client, ref, cached, store)
-    credentials = _credentials(auth, ref, PullError)
     merged = _merge_options(options, insecure_registries, ca_file)
-    with RegistryClient.for_registry(ref.registry, credentials, merged) as own_client:
-        return _ensure_with(own_client, ref, cached, store)
+    with _pull_deadline(merged):
+        if client is not None:
+            client._check_ref(ref)
+            return _ensure_with(client, ref, cached, store)
+        credentials = _credentials(auth, ref, PullError)
+        with RegistryClient.for_registry(ref.registry, credentials, merged) as own_client:
+            return _ensure_with(own_client, ref, cached, store)
+
+
+def _pull_deadline(options: RegistryOptions) -> contextlib.AbstractContextManager[object]:
+    """``options.pull_timeout`` as the deadline of this pull, unless one is already running."""
+    if options.pull_timeout is None or pull_limits.current() is not None:
+        return contextlib.nullcontext()
+    return pull_limits.PullDeadline(options.pull_timeout).active()
 
 
 def _ensure_with(
