@@ -112,6 +112,7 @@ def read_bounded(response: requests.Response, limit: int, what: str, setting: st
 
 # --- time ----------------------------------------------------------------------------------------
 
+
 def _check_current() -> None:
     deadline = current()
     if deadline is not None:

@@ -45,7 +45,9 @@ class Answer:
     drip_head: bool = False  # drip the status line and headers as well
 
 
-def manifest_for(layer: bytes | None = None, *, layer_size: int | None = None, layer_digest: str = "") -> bytes:
+def manifest_for(
+    layer: bytes | None = None, *, layer_size: int | None = None, layer_digest: str = ""
+) -> bytes:
     """An image manifest with one wasm layer; its descriptor may lie about the size and digest."""
     layer = WASM if layer is None else layer
     config = b"{}"
@@ -82,7 +84,9 @@ class HostileRegistry:
         self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.host = f"127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="hostile-registry", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="hostile-registry", daemon=True
+        )
 
     def __enter__(self) -> HostileRegistry:
         self._thread.start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,15 +25,16 @@ TEN_TIB = 10 * 2**40
 
 
 @pytest.fixture
-def registry() -> HostileRegistry:
+def registry() -> Iterator[HostileRegistry]:
     with HostileRegistry() as server:
-        yield server  # type: ignore[misc]
+        yield server
 
 
 def _pull(
     registry: HostileRegistry, tmp_path: Path, repository: str = "app", **options: object
 ) -> oci.PulledModule:
-    merged = RegistryOptions(insecure_registries=frozenset({registry.host}), timeout=5.0, **options)  # type: ignore[arg-type]
+    insecure = frozenset({registry.host})
+    merged = RegistryOptions(insecure_registries=insecure, timeout=5.0, **options)  # type: ignore[arg-type]
     store = ModuleStore(tmp_path / "store")
     return ensure_module(f"{registry.host}/{repository}:v1", "Always", store=store, options=merged)
 
@@ -63,12 +65,16 @@ def test_max_module_size_is_the_node_setting(registry: HostileRegistry, tmp_path
     assert _pull(registry, tmp_path, max_module_size=4096).size == len(layer)
 
 
-def test_an_endless_layer_is_cut_after_its_descriptors_size(registry: HostileRegistry, tmp_path: Path) -> None:
+def test_an_endless_layer_is_cut_after_its_descriptors_size(
+    registry: HostileRegistry, tmp_path: Path
+) -> None:
     registry.module("app", "v1", WASM)
     blob = f"/v2/app/blobs/{digest(WASM)}"
     registry.answers[blob] = Answer(body=endless())  # no Content-Length: "until I close"
     started = time.monotonic()
-    with pytest.raises(PullError, match=r"larger than its descriptor's size 8 bytes; the download was stopped"):
+    with pytest.raises(
+        PullError, match=r"larger than its descriptor's size 8 bytes; the download was stopped"
+    ):
         _pull(registry, tmp_path)
     assert time.monotonic() - started < 5
     assert _stored(tmp_path) == []
@@ -81,14 +87,18 @@ def test_a_content_length_above_the_descriptor_is_refused_before_reading(
     registry.answers[f"/v2/app/blobs/{digest(WASM)}"] = Answer(
         headers={"Content-Length": str(3 * 2**30)}, body=endless()
     )
-    with pytest.raises(PullError, match=r"is 3Gi \(3221225472 bytes\) \(Content-Length\), more than its descriptor"):
+    with pytest.raises(
+        PullError, match=r"is 3Gi \(3221225472 bytes\) \(Content-Length\), more than its descriptor"
+    ):
         _pull(registry, tmp_path)
     assert registry.sent.get(f"/v2/app/blobs/{digest(WASM)}", 0) < 2**30
 
 
 def test_a_layer_shorter_than_its_descriptor_is_a_mismatch(registry: HostileRegistry, tmp_path: Path) -> None:
     registry.module("app", "v1", WASM, layer_size=100)
-    with pytest.raises(DigestMismatchError, match=r"expected sha256:\w+ \(100 bytes\), received sha256:\w+ \(8 bytes\)"):
+    with pytest.raises(
+        DigestMismatchError, match=r"expected sha256:\w+ \(100 bytes\), received sha256:\w+ \(8 bytes\)"
+    ):
         _pull(registry, tmp_path)
     assert _stored(tmp_path) == []
 
