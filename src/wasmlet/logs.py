@@ -9,7 +9,15 @@ appends records the way containerd and CRI-O do for the kubelet::
     2024-05-01T12:00:00.2Z stderr F ...and the rest of it
 
 One file per run, ``<root>/<namespace>_<pod>_<uid>/<container>/<restartCount>.log``
-(:func:`log_path`), so there is no rotation to follow.
+(:func:`log_path`), rotated as the kubelet's container log manager rotates it
+(:class:`LogRotation`): once the next write would take the file past ``max_size`` it is
+renamed ``<restartCount>.log.<YYYYMMDD-HHMMSS.ffffff>`` (UTC) and a new one is started, and the
+oldest rotated files beyond ``max_files - 1`` are deleted. The check costs one comparison per
+write of a chunk, so a file never exceeds ``max_size`` by more than one chunk's records (it
+exceeds it only when a single chunk does). The kubelet checks every 10 s instead, which lets a
+fast writer run far past the cap; it also gzips rotated files older than the newest, which
+wasmlet does not: the disk bound is ``max_files * max_size`` either way, a follower that fell
+behind reads rotated files as they are, and no CPU goes to compressing what a pod floods.
 
 Reading: :func:`read_logs` turns a file back into what ``kubectl logs`` prints, applying
 the ``tailLines``, ``sinceSeconds``/``sinceTime``, ``timestamps`` and ``limitBytes`` options
@@ -24,17 +32,23 @@ Where this differs from the kubelet, on purpose:
   pieces as they arrive instead of being held in memory.
 * Following polls the file size every ``FOLLOW_POLL_SECONDS`` (50 ms) instead of using
   inotify, so a follower sees a new line at most ~50 ms after it was written.
+* A follower goes on into the file that follows its own after a rotation (found among the
+  rotated files by inode), so it sees every line once, unless it fell more than ``max_files``
+  rotations behind (those files are gone; it goes on with the oldest left). Reads that do not
+  follow, ``--tail`` included, see the current file only, as the kubelet's do.
 """
 
 from __future__ import annotations
 
 import calendar
+import contextlib
 import logging
 import os
 import re
+import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -52,6 +66,10 @@ MAX_JOINED_LINE = 1024 * 1024
 """Longest line the reader re-joins in memory; longer lines are printed in pieces."""
 FOLLOW_POLL_SECONDS = 0.05
 """How often a follower checks the file for new records: the worst-case follow latency."""
+DEFAULT_MAX_SIZE = 10 * 1024 * 1024
+"""The kubelet's ``--container-log-max-size`` default (10Mi)."""
+DEFAULT_MAX_FILES = 5
+"""The kubelet's ``--container-log-max-files`` default: the current file and 4 rotated ones."""
 
 _READ_BLOCK = 64 * 1024
 _STREAMS: tuple[Stream, ...] = ("stdout", "stderr")
@@ -75,8 +93,16 @@ def log_path(  # noqa: PLR0917
     """The log file of one run of a container, in the kubelet's ``/var/log/pods`` layout."""
     if restart_count < 0:
         raise ValueError(f"restart count must be >= 0, got {restart_count}")
-    pod_dir = f"{_component('namespace', namespace)}_{_component('pod', pod)}_{_component('pod uid', uid)}"
-    return root / pod_dir / _component("container", container) / f"{restart_count}.log"
+    return (
+        pod_log_dir(root, namespace, pod, uid) / _component("container", container) / f"{restart_count}.log"
+    )
+
+
+def pod_log_dir(root: Path, namespace: str, pod: str, uid: str) -> Path:
+    """``<root>/<namespace>_<pod>_<uid>``: every log of one pod (the kubelet's ``/var/log/pods`` entry)."""
+    return (
+        root / f"{_component('namespace', namespace)}_{_component('pod', pod)}_{_component('pod uid', uid)}"
+    )
 
 
 def previous_log_path(  # noqa: PLR0917
@@ -89,6 +115,82 @@ def previous_log_path(  # noqa: PLR0917
     if restart_count < 1:
         raise ValueError(f'previous terminated container "{container}" in pod "{pod}" not found')
     return log_path(root, namespace, pod, uid, container, restart_count - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class LogRotation:
+    """When a container log is rotated (the kubelet's ``LogRotatePolicy``)."""
+
+    max_size: int = DEFAULT_MAX_SIZE
+    """Bytes a log file may reach before the write that would pass it goes to a new file."""
+    max_files: int = DEFAULT_MAX_FILES
+    """Files kept per container run, the current one included (at least 2, as in the kubelet)."""
+
+    def __post_init__(self) -> None:
+        if self.max_size < 1:
+            raise ValueError(f"container log max size must be > 0 bytes, got {self.max_size}")
+        if self.max_files < 2:
+            raise ValueError(f"container log max files must be >= 2, got {self.max_files}")
+
+
+def rotated_logs(path: Path) -> list[Path]:
+    """The rotated files of the log ``path`` (``<path>.<timestamp>``), oldest first."""
+    return [path.parent / name for name in _rotated_names(path)]
+
+
+def _rotated_names(path: Path) -> list[str]:
+    prefix = path.name + "."
+    try:
+        with os.scandir(path.parent) as entries:
+            return sorted(entry.name for entry in entries if entry.name.startswith(prefix))
+    except FileNotFoundError:
+        return []
+
+
+def _run_number(name: str) -> int | None:
+    """The restart count of a run's log file name (``3.log``, ``3.log.<timestamp>``), or None."""
+    head, sep, _rest = name.partition(".log")
+    return int(head) if sep and head.isdigit() else None
+
+
+def remove_runs_before(container_dir: Path, restart_count: int) -> None:
+    """Delete the log files of runs before ``restart_count`` (the kubelet keeps one dead run)."""
+    try:
+        with os.scandir(container_dir) as entries:
+            old = [
+                e.name for e in entries if (run := _run_number(e.name)) is not None and run < restart_count
+            ]
+    except FileNotFoundError:
+        return
+    for name in old:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(container_dir / name)
+
+
+def remove_pod_logs(pod_dir: Path) -> None:
+    """Delete a pod's log directory; a second pass catches a file created during the first."""
+    for _attempt in range(3):
+        shutil.rmtree(pod_dir, ignore_errors=True)
+        if not pod_dir.exists():
+            return
+    log.warning("cannot remove the container logs of a deleted pod in %s; check its permissions", pod_dir)
+
+
+def remove_orphan_pod_logs(root: Path, live_uids: Collection[str]) -> list[str]:
+    """Delete the log directories of pods whose uid is not in ``live_uids``; their names.
+
+    Only ``<namespace>_<pod>_<uid>`` directories are touched: anything else under ``root``
+    is not a pod's and stays.
+    """
+    try:
+        with os.scandir(root) as entries:
+            dirs = [e.name for e in entries if e.is_dir(follow_symlinks=False) and e.name.count("_") == 2]
+    except FileNotFoundError:
+        return []
+    removed = [name for name in dirs if name.rsplit("_", 1)[1] not in live_uids]
+    for name in removed:
+        remove_pod_logs(root / name)
+    return removed
 
 
 # --- timestamps --------------------------------------------------------------------------
@@ -147,7 +249,9 @@ class ContainerLogWriter:
     ``write`` is called with every chunk read from the module's output; it is serialised
     by a per-writer lock and costs one ``os.write`` per call (nothing is buffered in user
     space except the unterminated tail of each stream), so followers see complete lines
-    immediately. ``clock`` returns ns since the epoch; tests inject their own.
+    immediately. With ``rotation``, a write that would take the file past its ``max_size``
+    goes to a new file (see the module's docstring). ``clock`` returns ns since the epoch;
+    tests inject their own.
     """
 
     def __init__(
@@ -156,15 +260,21 @@ class ContainerLogWriter:
         *,
         clock: Callable[[], int] = time.time_ns,
         max_record: int = MAX_RECORD_CONTENT,
+        rotation: LogRotation | None = None,
     ) -> None:
         if max_record < 1:
             raise ValueError(f"max_record must be >= 1, got {max_record}")
         self.path = path
         self._clock = clock
         self._max = max_record
+        self._rotation = rotation
+        # No rotation: a limit no file reaches, so the check in _write stays one comparison.
+        self._max_size = rotation.max_size if rotation is not None else _MAX_INT64
+        self._rotate_failed = False
+        self._rotated_us = 0  # the last rotated file's timestamp, in µs: names never repeat
         path.parent.mkdir(parents=True, exist_ok=True, mode=LOG_DIR_MODE)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, LOG_FILE_MODE)
-        os.fchmod(self._fd, LOG_FILE_MODE)  # independent of the umask
+        self._fd = self._open()
+        self._size = os.fstat(self._fd).st_size  # a restarted node appends to the run's file
         self._lock = threading.Lock()
         self._pending: dict[Stream, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         self._closed = False
@@ -261,11 +371,55 @@ class ContainerLogWriter:
         if start < size or final:
             out.append(prefix + (b"F " if final else b"P ") + line[start:] + b"\n")
 
+    def _open(self) -> int:
+        fd = os.open(
+            self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, LOG_FILE_MODE
+        )
+        os.fchmod(fd, LOG_FILE_MODE)  # independent of the umask
+        return fd
+
+    def _rotate(self, rotation: LogRotation) -> None:
+        """Rename the current file ``<name>.<timestamp>``, start a new one, delete the oldest."""
+        now_us = max(self._clock() // 1000, self._rotated_us + 1)
+        seconds, micros = divmod(now_us, 1_000_000)
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(seconds))
+        rotated = self.path.with_name(f"{self.path.name}.{stamp}.{micros:06d}")
+        try:
+            os.rename(self.path, rotated)
+            try:
+                fd = self._open()
+            except OSError:
+                os.rename(rotated, self.path)  # keep appending where followers look
+                raise
+        except OSError as exc:
+            if not self._rotate_failed:
+                self._rotate_failed = True
+                log.warning(
+                    "cannot rotate container log %s: %s; it grows past %d bytes until rotation works "
+                    "(check free space and permissions of the log directory)",
+                    self.path,
+                    exc,
+                    self._max_size,
+                )
+            return
+        self._rotate_failed = False
+        self._rotated_us = now_us
+        os.close(self._fd)
+        self._fd, self._size = fd, 0
+        kept = rotation.max_files - 1  # the current file counts as one
+        for old in _rotated_names(self.path)[:-kept]:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path.parent / old)
+
     def _write(self, blob: bytes) -> None:
+        if self._size + len(blob) > self._max_size and self._size > 0 and self._rotation is not None:
+            self._rotate(self._rotation)
         view = memoryview(blob)
         try:
             while view:
-                view = view[os.write(self._fd, view) :]
+                written = os.write(self._fd, view)
+                self._size += written
+                view = view[written:]
         except OSError as exc:
             if not self._write_failed:
                 self._write_failed = True
@@ -554,17 +708,62 @@ class _Assembler:
 
 
 class _FileRecords:
-    """Feeds the records of an open log file, from an offset on, to an assembler."""
+    """Feeds the records of a log file, from an offset on, to an assembler; follows rotations.
 
-    def __init__(self, fd: int, pos: int, assembler: _Assembler, path: Path) -> None:
-        self._fd = fd
+    Offsets given to the assembler run on across files (``base`` is the size of the files
+    read before), so they only grow.
+    """
+
+    def __init__(self, file: BinaryIO, pos: int, assembler: _Assembler, path: Path) -> None:
+        self._file = file
+        self._fd = file.fileno()
+        self._base = 0
         self._pos = pos
         self._carry = b""
         self._assembler = assembler
         self._path = path
 
+    def close(self) -> None:
+        self._file.close()
+
     def grew(self) -> bool:
         return os.fstat(self._fd).st_size > self._pos
+
+    def rotated(self) -> bool:
+        """Whether the log's path now names another file than the one being read."""
+        try:
+            current = os.stat(self._path)
+        except FileNotFoundError:  # between the writer's rename and its new file, or removed
+            return False
+        return not os.path.samestat(current, os.fstat(self._fd))
+
+    def follow_rotation(self) -> bool:
+        """Go on with the file written after the one read to its end now; False if it is gone."""
+        successor = self._successor()
+        try:
+            file = successor.open("rb", buffering=0)
+        except FileNotFoundError:  # deleted (fell behind again) or renamed since: look again
+            return False
+        self._file.close()
+        self._file, self._fd = file, file.fileno()
+        self._base += self._pos
+        self._pos, self._carry = 0, b""
+        return True
+
+    def _successor(self) -> Path:
+        mine = os.fstat(self._fd)
+        names = _rotated_names(self._path)
+        following = self._path
+        for name in reversed(names):  # a follower that keeps up finds its file among the newest
+            try:
+                if os.path.samestat(os.stat(self._path.parent / name), mine):
+                    return following
+            except FileNotFoundError:  # deleted since the listing: older ones are gone too
+                break
+            following = self._path.parent / name
+        # Ours was deleted: the writer rotated max-files times since we looked.
+        log.info("container log %s: a follower fell behind its rotation; older lines are gone", self._path)
+        return following
 
     def blocks(self) -> Iterator[None]:
         """Feed one block of records per step, until the end of the file."""
@@ -573,7 +772,7 @@ class _FileRecords:
             data = self._carry + block if self._carry else block
             records = data.split(b"\n")
             self._carry = records.pop()  # a record still being written
-            offset = self._pos - len(data)
+            offset = self._base + self._pos - len(data)
             for record in records:
                 end = offset + len(record) + 1
                 self._assembler.record(record, offset, end)
@@ -640,27 +839,51 @@ def _read(
     stop: threading.Event,
     is_finished: Callable[[], bool] | None,
 ) -> Iterator[bytes]:
-    limit = _Limit(options.limit_bytes)
-    with file:
-        fd = file.fileno()
+    fd = file.fileno()
+    with contextlib.closing(file):
         start, boundary = (0, 0)
         if options.tail_lines is not None:
             start, boundary = _tail_window(fd, os.fstat(fd).st_size, options.tail_lines)
         assembler = _Assembler(timestamps=options.timestamps, since_ns=since, boundary=boundary)
-        source = _FileRecords(fd, start, assembler, path)
-        while True:
-            finished = options.follow and is_finished is not None and is_finished()
-            if not options.follow or finished or source.grew():
-                for _block in source.blocks():
-                    if chunk := limit.cut(assembler.take()):
-                        yield chunk
-                    if limit.reached or stop.is_set():
-                        return
-            if not options.follow or finished:
-                assembler.finish()
-                if chunk := limit.cut(assembler.take()):
-                    yield chunk
+        source = _FileRecords(file, start, assembler, path)
+        with contextlib.closing(source):  # the file read last, after a rotation
+            yield from _stream(source, assembler, options, stop=stop, is_finished=is_finished)
+
+
+def _stream(
+    source: _FileRecords,
+    assembler: _Assembler,
+    options: LogOptions,
+    *,
+    stop: threading.Event,
+    is_finished: Callable[[], bool] | None,
+) -> Iterator[bytes]:
+    limit = _Limit(options.limit_bytes)
+
+    def drain() -> Iterator[bytes]:
+        """What the file holds now; stops early at the limit or the stop event."""
+        for _block in source.blocks():
+            if chunk := limit.cut(assembler.take()):
+                yield chunk
+            if limit.reached or stop.is_set():
                 return
-            # An unset stop event doubles as the poll sleep, and wakes up at once when set.
-            if stop.wait(FOLLOW_POLL_SECONDS):
-                return
+
+    while True:
+        finished = options.follow and is_finished is not None and is_finished()
+        if not options.follow or finished or source.grew():
+            yield from drain()
+        if options.follow and not (limit.reached or stop.is_set()) and source.rotated():
+            # Renamed after its last write: what it holds now is all it will ever hold.
+            yield from drain()
+            if not (limit.reached or stop.is_set()) and source.follow_rotation():
+                continue
+        if limit.reached or stop.is_set():
+            return
+        if not options.follow or finished:
+            assembler.finish()
+            if chunk := limit.cut(assembler.take()):
+                yield chunk
+            return
+        # An unset stop event doubles as the poll sleep, and wakes up at once when set.
+        if stop.wait(FOLLOW_POLL_SECONDS):
+            return
