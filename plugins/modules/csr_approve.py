@@ -13,11 +13,21 @@ description:
   - Finds the pending C(kubernetes.io/kubelet-serving) CSRs named O(name), or requested by node
     O(node), validates each and approves the ones that pass, as C(kubectl certificate approve)
     would, but never blindly.
-  - "A CSR passes only if: its signer is kubelet-serving; its CN is C(system:node:<node>) and equals
-    the requesting user; its O is exactly C(system:nodes); its usages are digital signature and server
-    auth (plus key encipherment for RSA); its DNS SANs are names of that Node and its IP SANs addresses
-    in the Node's status; it has no email or URI SANs; its requested expiration is at most
-    O(max_expiration_seconds)."
+  - What a node reports in its own status is not trusted on its own. A CSR passes only if every rule
+    holds; each refusal starts with the rule's name.
+  - "C(requester): the requesting user is C(system:node:<node>). C(groups): its groups include
+    C(system:nodes). C(owner): with O(node), the requester is that node; with only O(name), the CSR is
+    named C(<node>-tls) after its requester. C(node): the Node exists."
+  - "C(subject-cn), C(subject-o), C(subject-extra): the subject is exactly CN C(system:node:<node>) and
+    O C(system:nodes). C(key): RSA of at least 2048 bits, or ECDSA on P-256 or P-384 (Ed25519, P-521
+    and others are refused). C(usages): exactly digital signature and server auth, plus key
+    encipherment for an RSA key (what the kubelet asks for)."
+  - "C(san-missing), C(san-type): at least one SAN, and only DNS and IP SANs. C(wildcard): no DNS SAN
+    contains C(*). C(dns-name): every DNS SAN is the node name, or C(<node>.<dns_domain>) with
+    O(dns_domain). C(ip-prefix): every IP SAN is inside O(ip_prefixes). C(ip-node): every IP SAN is an
+    InternalIP or ExternalIP of the node. C(other-node): no SAN is a name or address of another Node.
+    C(expiration): the requested expiration is at most O(max_expiration_seconds). Also C(signer),
+    C(pending) and C(request): a parseable, self-signed, still pending kubelet-serving request."
   - A CSR that fails validation is never approved; the task fails naming the CSR and every reason,
     and with O(deny_invalid=true) the CSR is also denied.
 author:
@@ -30,10 +40,27 @@ options:
     type: path
     required: true
   name:
-    description: Name of the CSR (for a wasmlet or Krustlet node, C(<node>-tls)).
+    description:
+      - Name of the CSR (for a wasmlet or Krustlet node, C(<node>-tls)).
+      - Without O(node), only a CSR named C(<node>-tls) and requested by that node is approved; give
+        O(node) as well for a CSR with another name (a kubelet's C(csr-xxxxx)).
     type: str
   node:
-    description: Approve the pending serving CSRs of this node.
+    description:
+      - Approve the pending serving CSRs of this node; with O(name), the CSR must be this node's.
+    type: str
+  ip_prefixes:
+    description:
+      - Network prefixes every IP SAN must fall into (IPv4 and IPv6 CIDRs). List your nodes' subnets.
+      - When omitted, the private-use and loopback ranges C(10.0.0.0/8), C(172.16.0.0/12),
+        C(192.168.0.0/16), C(127.0.0.0/8), C(fc00::/7) and C(::1/128); public addresses must be listed.
+      - An empty list allows no IP SANs at all.
+    type: list
+    elements: str
+  dns_domain:
+    description:
+      - Domain under which a node may also be named, so that C(<node>.<dns_domain>) is an allowed DNS
+        SAN besides C(<node>). No other DNS names are ever allowed.
     type: str
   wait_seconds:
     description: How long to wait for a matching pending CSR to appear.
@@ -61,6 +88,14 @@ EXAMPLES = r"""
     kubeconfig: ~/.wasmlet/cluster/admin.kubeconfig
     node: wasm-1
     wait_seconds: 60
+
+- name: Approve wasm-1-tls, for wasm-1 or wasm-1.nodes.example.com on the node subnet only
+  wasmlet.kube.csr_approve:
+    kubeconfig: ~/.wasmlet/cluster/admin.kubeconfig
+    name: wasm-1-tls
+    ip_prefixes: [192.0.2.0/24]
+    dns_domain: nodes.example.com
+    deny_invalid: true
 """
 
 RETURN = r"""
@@ -76,6 +111,11 @@ already_approved:
   type: list
   elements: str
   sample: []
+refused:
+  description: Each CSR that failed validation, with every reason (C(<rule>: <detail>)).
+  returned: when a CSR failed validation
+  type: dict
+  sample: {"rogue-tls": ["other-node: SANs ['10.0.0.7'] belong to node(s) ['wasm-1']"]}
 """
 
 import time
@@ -109,21 +149,6 @@ def _find(client, matches, wait_seconds, missing_ok):
         time.sleep(1)
 
 
-def _node_of(client, item):
-    from wasmlet import csr as csrlib
-    from wasmlet.kubeapi import ApiError
-
-    who = csrlib.requested_node(item)
-    if not who:
-        return None
-    try:
-        return client.get(f"/api/v1/nodes/{who}")
-    except ApiError as exc:
-        if exc.status == 404:
-            return None
-        raise
-
-
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -132,6 +157,8 @@ def main():
             node=dict(type="str"),
             wait_seconds=dict(type="int", default=0),
             max_expiration_seconds=dict(type="int", default=31536000),
+            ip_prefixes=dict(type="list", elements="str"),
+            dns_domain=dict(type="str"),
             deny_invalid=dict(type="bool", default=False),
             missing_ok=dict(type="bool", default=False),
         ),
@@ -143,13 +170,19 @@ def main():
     from wasmlet.kubeapi import ApiError, Client
 
     p = module.params
+    try:
+        policy = csrlib.Policy.from_options(p["ip_prefixes"], p["dns_domain"], p["max_expiration_seconds"])
+    except ValueError as exc:
+        module.fail_json(msg=f"csr_approve: {exc}")
+    # The node the CSR must belong to: the one named, else the one its name says (<node>-tls).
+    owner = p["node"] or csrlib.name_owner(p["name"])
 
     def matches(item):
         if item["spec"].get("signerName") != csrlib.SERVING_SIGNER:
             return False
-        if p["name"] and item["metadata"]["name"] != p["name"]:
-            return False
-        return not p["node"] or item["spec"].get("username") == f"system:node:{p['node']}"
+        if p["name"]:
+            return item["metadata"]["name"] == p["name"]
+        return item["spec"].get("username") == f"{csrlib.NODE_USER_PREFIX}{p['node']}"
 
     try:
         with Client.from_kubeconfig(Path(p["kubeconfig"])) as client:
@@ -162,9 +195,10 @@ def main():
                 what = p["name"] or f"node {p['node']}"
                 module.fail_json(msg=f"no pending kubelet-serving CSR for {what} after {p['wait_seconds']}s")
             approved, invalid = [], []
+            nodes = client.get("/api/v1/nodes")["items"] if pending else []
             for item in pending:
                 name = item["metadata"]["name"]
-                verdict = csrlib.validate(item, _node_of(client, item), p["max_expiration_seconds"])
+                verdict = csrlib.validate(item, nodes, policy, owner)
                 if verdict.ok:
                     approved.append(name)
                     message = f"validated for node {verdict.node} by wasmlet.kube.csr_approve"
@@ -180,7 +214,12 @@ def main():
         module.fail_json(msg=f"csr_approve for {p['name'] or p['node']}: {exc}")
     if invalid:
         details = "; ".join(f"{name}: {', '.join(reasons)}" for name, reasons in invalid)
-        module.fail_json(msg=f"refused to approve: {details}", approved=approved, already_approved=already)
+        module.fail_json(
+            msg=f"refused to approve: {details}",
+            approved=approved,
+            already_approved=already,
+            refused={name: list(reasons) for name, reasons in invalid},
+        )
     module.exit_json(changed=bool(approved), approved=approved, already_approved=already)
 
 

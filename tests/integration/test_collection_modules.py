@@ -283,7 +283,8 @@ def test_csr_approve_check_mode_approves_nothing(
     cluster: Cluster, admin: Client, tmp_path: Path, node_identity: NodeIdentity, serving_csrs: list[str]
 ) -> None:
     name = _post_serving(node_identity, serving_csrs, "check", (NODE_IP,))
-    args = {"kubeconfig": str(cluster.admin_kubeconfig), "name": name}
+    # Not named <node>-tls: the module must be told whose CSR it is.
+    args = {"kubeconfig": str(cluster.admin_kubeconfig), "name": name, "node": node_identity.name}
     (checked,) = run_modules(tmp_path, Step("csr_approve", args, check_mode=True))
     assert task_ok(checked)["changed"] is True
     assert checked["approved"] == [name]
@@ -296,7 +297,7 @@ def test_csr_approve_refuses_an_ip_san_the_node_does_not_have(
     cluster: Cluster, admin: Client, tmp_path: Path, node_identity: NodeIdentity, serving_csrs: list[str]
 ) -> None:
     name = _post_serving(node_identity, serving_csrs, "bad", (NODE_IP, "10.1.2.3"))
-    args = {"kubeconfig": str(cluster.admin_kubeconfig), "name": name}
+    args = {"kubeconfig": str(cluster.admin_kubeconfig), "name": name, "node": node_identity.name}
     refused, refused_in_check_mode = run_modules(
         tmp_path, Step("csr_approve", args), Step("csr_approve", args, check_mode=True)
     )
