@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from wasmlet import __version__, events, paths, pull_limits
+from wasmlet import __version__, events, paths, pull_limits, pulls
 from wasmlet.quantity import parse_quantity
 
 
@@ -54,6 +54,7 @@ class NodeConfig:
     event_burst: int = events.BURST  # kubelet's --event-burst: events posted at once after a quiet time
     max_module_size: int = pull_limits.DEFAULT_MAX_MODULE_BYTES  # bytes of one module, declared or received
     image_pull_timeout: float = pull_limits.DEFAULT_PULL_TIMEOUT  # seconds for a whole pull, all requests
+    max_parallel_image_pulls: int = pulls.DEFAULT_MAX_PARALLEL  # pulls at once (one registry: all but one)
 
     @property
     def config_dir(self) -> Path:
@@ -90,6 +91,7 @@ _OPTIONS: list[tuple[str, str, str]] = [
     ("event-burst", "int", "events posted at once after a quiet time, as kubelet's flag (default: 100)"),
     ("max-module-size", "str", "largest wasm module a pull may download, a quantity (default: 512Mi)"),
     ("image-pull-timeout", "str", "total time one image pull may take, all its requests (default: 2m)"),
+    ("max-parallel-image-pulls", "int", "image pulls at once; one registry gets all but one (default: 4)"),
 ]
 
 
@@ -304,4 +306,10 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         event_burst=_as_int("event-burst", merged.get("event-burst", events.BURST), 1, 100000),
         max_module_size=_as_size("max-module-size", merged.get("max-module-size", "512Mi")),
         image_pull_timeout=_as_duration("image-pull-timeout", merged.get("image-pull-timeout", "2m")),
+        max_parallel_image_pulls=_as_int(
+            "max-parallel-image-pulls",
+            merged.get("max-parallel-image-pulls", pulls.DEFAULT_MAX_PARALLEL),
+            1,
+            64,
+        ),
     )

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wasmlet import admission, host_paths, logs, node, oci, paths, podspec
+from wasmlet import admission, host_paths, logs, node, oci, paths, podspec, pulls
 from wasmlet.admission import Rejection
 from wasmlet.config import NodeConfig
 from wasmlet.events import EventRecorder
@@ -47,6 +47,9 @@ BACKOFF_RESET_AFTER = 600.0
 # this often, as kubelet's pod workers retry a failed sync.
 CONFIG_RETRY = 10.0
 WORKERS = 4
+# A pod worker waits this long for a pull it has just handed to the pull pool (a warm pull with
+# imagePullPolicy Always takes milliseconds); a longer pull re-queues the pod when it ends.
+PULL_INLINE_WAIT = 0.05
 # Container fields a WebAssembly module cannot honour, each refused with the reason.
 _PROBES = "probes exec a command or call the container over the network; WASI modules have neither"
 UNSUPPORTED_CONTAINER_FIELDS = {
@@ -82,6 +85,7 @@ class ContainerRun:
     execution: Execution | None = None
     writer: logs.ContainerLogWriter | None = None
     image_id: str = ""
+    pull: pulls.PullTicket[tuple[oci.PulledModule, Path]] | None = None  # the pull under way
     backoff: float = 0.0
     not_before: float = 0.0  # monotonic time before which it may not start again
     ever_started: bool = False
@@ -153,6 +157,7 @@ class PodController:
         self.lock = threading.Lock()
         self.admission_lock = threading.Lock()  # one admission decision at a time
         self.stop = threading.Event()
+        self.puller = pulls.ImagePuller(config.max_parallel_image_pulls)
 
     # -- the LogSource the kubelet API serves from -------------------------------------
     def _run_of(self, namespace: str, pod: str, container: str) -> tuple[PodRun, ContainerRun]:
@@ -196,6 +201,7 @@ class PodController:
     def shutdown(self, grace: float = 5.0) -> None:
         self.stop.set()
         self.queue.close()
+        self.puller.close()
         with self.lock:
             runs = list(self.runs.values())
         for run in runs:
@@ -514,18 +520,33 @@ class PodController:
         return oci.Keyring.from_dockerconfigs(configs)
 
     def _pull(self, key: str, run: PodRun, crun: ContainerRun, spec: dict[str, Any]) -> Path | None:
+        """The compiled module of ``crun``'s image, or None while it is pulled or after a failure.
+
+        A stored module the policy lets us use is taken here; anything that needs the registry
+        goes to the pull pool (:mod:`wasmlet.pulls`), which queues the pod again when it ends.
+        """
         image = spec.get("image", "")
         try:
-            policy = spec.get("imagePullPolicy") or oci.default_pull_policy(oci.parse_reference(image))
-            if not self.store.has(image) or policy == "Always":
+            if crun.pull is None:
+                ref = oci.parse_reference(image)
+                policy = spec.get("imagePullPolicy") or oci.default_pull_policy(ref)
+                stored = self.store.lookup(ref) if policy != "Always" else None
+                if stored is not None or policy == "Never":  # no network: stored, or ErrImageNeverPull
+                    stored = stored or self.store.ensure(ref, policy)
+                    crun.image_id = stored.digest
+                    return self.runtime.precompile(stored.path)
                 self._event(run, "Normal", "Pulling", f'Pulling image "{image}"')
-            pulled = self.store.ensure(image, policy, self._pull_auth(run), options=self.registry_options)
+                crun.pull = self._submit_pull(key, run, ref, policy)
+            if not crun.pull.wait(PULL_INLINE_WAIT):
+                return None  # Waiting (ContainerCreating) until the pull ends and re-queues the pod
+            ticket, crun.pull = crun.pull, None
+            pulled, compiled = ticket.outcome()
             if pulled.pulled:
                 self._event(
                     run, "Normal", "Pulled", f'Successfully pulled image "{image}" ({pulled.size} bytes)'
                 )
             crun.image_id = pulled.digest
-            return self.runtime.precompile(pulled.path)
+            return compiled
         except oci.NotWasmError as exc:
             message = f'Pod was rejected: image "{image}" is not a WebAssembly module: {exc.cause}'
             self._reject(run, Rejection("NotWasm", message))
@@ -546,6 +567,20 @@ class PodController:
                 self._event(run, "Normal", "BackOff", f'Back-off pulling image "{image}"')
             self._back_off(key, crun)
             return None
+
+    def _submit_pull(
+        self, key: str, run: PodRun, ref: oci.Reference, policy: str
+    ) -> pulls.PullTicket[tuple[oci.PulledModule, Path]]:
+        """Pull (and compile) ``ref`` on the pull pool; pods asking for it meanwhile share the pull."""
+        keyring = self._pull_auth(run)
+
+        def pull_and_compile() -> tuple[oci.PulledModule, Path]:
+            pulled = self.store.ensure(ref, policy, keyring, options=self.registry_options)
+            return pulled, self.runtime.precompile(pulled.path)
+
+        # Pods with other pull secrets pull on their own: a refused pod never shares a granted pull.
+        share = (str(ref), policy, json.dumps(keyring.configs, sort_keys=True))
+        return self.puller.pull(share, ref.registry, pull_and_compile, lambda: self.queue.add(key))
 
     def _back_off(self, key: str, crun: ContainerRun) -> None:
         crun.backoff = BACKOFF_START if crun.backoff == 0 else min(crun.backoff * 2, BACKOFF_MAX)

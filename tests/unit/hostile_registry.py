@@ -4,7 +4,7 @@ Each path answers with an :class:`Answer` -- any status, headers and body, which
 shorter or longer than it claims, and may be dripped a byte at a time (the status line and
 headers too). It speaks just enough of the distribution API for a pull: ``/v2/`` and GET/HEAD of
 manifests and blobs. Run as a script it serves a dripping registry in its own process (for the
-integration test): ``python hostile_registry.py drip REPOSITORY INTERVAL`` prints its port.
+integration test): ``python hostile_registry.py drip INTERVAL`` prints its host:port.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ class HostileRegistry:
 
     def __init__(self) -> None:
         self.answers: dict[str, Answer | Callable[[], Answer]] = {}
+        self.fallback: Callable[[str], Answer] | None = None  # for paths without an answer
         self.requests: list[tuple[str, str]] = []
         self.sent: dict[str, int] = {}  # body bytes written per path
         registry = self
@@ -121,6 +122,8 @@ class HostileRegistry:
         found = self.answers.get(path.split("?", 1)[0])
         if path == "/v2/":
             answer = Answer(headers={"Content-Length": "2"}, body=b"{}")
+        elif found is None and self.fallback is not None:
+            answer = self.fallback(path)
         elif found is None:
             error = json.dumps({"errors": [{"code": "NAME_UNKNOWN", "message": "unknown"}]}).encode()
             answer = Answer(404, {"Content-Length": str(len(error))}, error)
@@ -155,19 +158,19 @@ class HostileRegistry:
             time.sleep(drip)
 
 
-def _serve_drip(repository: str, interval: float) -> None:
-    """A registry whose every manifest of ``repository`` is dripped a byte per ``interval`` s."""
+def _serve_drip(interval: float) -> None:
+    """A registry that drips every answer, a byte per ``interval`` seconds, until stdin closes."""
     with HostileRegistry() as registry:
         raw = manifest_for()
 
-        def dripped() -> Answer:
+        def dripped(_path: str) -> Answer:
             headers = {"Content-Type": MANIFEST_TYPE, "Content-Length": str(len(raw))}
             return Answer(headers=headers, body=raw, drip=interval)
 
-        registry.answers[f"/v2/{repository}/manifests/v1"] = dripped
+        registry.fallback = dripped
         print(registry.host, flush=True)
-        sys.stdin.read()  # until the test closes our stdin
+        sys.stdin.read()
 
 
 if __name__ == "__main__":
-    _serve_drip(sys.argv[2], float(sys.argv[3]))
+    _serve_drip(float(sys.argv[2]))

@@ -1,0 +1,102 @@
+"""The pull pool: bounded, fair between registries, one pull per image."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from wasmlet.pulls import ImagePuller
+
+DEADLINE = 5.0
+
+
+@pytest.fixture
+def puller() -> Iterator[ImagePuller]:
+    pool = ImagePuller(4)
+    yield pool
+    pool.close()
+
+
+class Blocked:
+    """A pull job that runs until released; counts how many run at once."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+        self.running = 0
+        self.most = 0
+        self.calls = 0
+
+    def job(self, value: str = "done") -> Callable[[], str]:
+        def run() -> str:
+            with self.lock:
+                self.calls += 1
+                self.running += 1
+                self.most = max(self.most, self.running)
+            assert self.release.wait(DEADLINE)
+            with self.lock:
+                self.running -= 1
+            return value
+
+        return run
+
+
+def test_asking_for_an_image_being_pulled_joins_that_pull(puller: ImagePuller) -> None:
+    blocked = Blocked()
+    told: list[str] = []
+    first = puller.pull(("img", "Always"), "reg", blocked.job("a"), lambda: told.append("pod-1"))
+    second = puller.pull(("img", "Always"), "reg", blocked.job("b"), lambda: told.append("pod-2"))
+    assert first is second
+    blocked.release.set()
+    assert first.wait(DEADLINE)
+    assert first.outcome() == "a" and blocked.calls == 1
+    assert sorted(told) == ["pod-1", "pod-2"]
+    assert puller.in_flight() == 0
+
+
+def test_no_more_than_max_parallel_pulls_run_at_once() -> None:
+    pool = ImagePuller(2)
+    blocked = Blocked()
+    tickets = [pool.pull(n, f"reg-{n}", blocked.job(), lambda: None) for n in range(5)]
+    try:
+        assert not tickets[0].wait(0.3)
+        assert blocked.most == 2
+        blocked.release.set()
+        assert all(t.wait(DEADLINE) for t in tickets)
+        assert blocked.most == 2 and blocked.calls == 5
+    finally:
+        blocked.release.set()
+        pool.close()
+
+
+def test_a_stalled_registry_leaves_a_pull_for_the_others(puller: ImagePuller) -> None:
+    stalled = Blocked()
+    hung = [puller.pull(f"slow-{n}", "slow.example", stalled.job(), lambda: None) for n in range(6)]
+    try:
+        fast = puller.pull("fast", "fast.example", lambda: "pulled", lambda: None)
+        assert fast.wait(DEADLINE), "a pull from another registry waited behind the stalled ones"
+        assert fast.outcome() == "pulled"
+        assert stalled.most == 3 and not any(t.done for t in hung)
+    finally:
+        stalled.release.set()
+    assert all(t.wait(DEADLINE) for t in hung)
+
+
+def test_a_failed_pull_raises_its_error_to_every_asker(puller: ImagePuller) -> None:
+    gate = threading.Event()
+
+    def failing() -> str:
+        gate.wait(DEADLINE)
+        raise ValueError("registry said no")
+
+    first = puller.pull("img", "reg", failing, lambda: None)
+    second = puller.pull("img", "reg", failing, lambda: None)
+    gate.set()
+    assert first.wait(DEADLINE) and second.wait(DEADLINE)
+    for ticket in (first, second):
+        with pytest.raises(ValueError, match="registry said no"):
+            ticket.outcome()
+    again = puller.pull("img", "reg", lambda: "ok", lambda: None)  # a finished pull is not reused
+    assert again is not first and again.wait(DEADLINE) and again.outcome() == "ok"
