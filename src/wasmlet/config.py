@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from wasmlet import __version__, events, paths, pull_limits, pulls
+from wasmlet import __version__, events, logs, paths, pull_limits, pulls
 from wasmlet.quantity import parse_quantity
 
 
@@ -56,6 +56,8 @@ class NodeConfig:
     image_pull_timeout: float = pull_limits.DEFAULT_PULL_TIMEOUT  # seconds for a whole pull, all requests
     max_parallel_image_pulls: int = pulls.DEFAULT_MAX_PARALLEL  # pulls at once (one registry: all but one)
 
+    container_log_max_size: int = logs.DEFAULT_MAX_SIZE  # kubelet's flag: a log file is rotated past this
+    container_log_max_files: int = logs.DEFAULT_MAX_FILES  # kubelet's flag: files kept per run, current too
     @property
     def config_dir(self) -> Path:
         return self.data_dir / "config"
@@ -99,6 +101,8 @@ def _env_name(option: str) -> str:
     return "WASMLET_" + option.upper().replace("-", "_")
 
 
+    ("container-log-max-size", "str", "rotate a container log before it passes this size (default: 10Mi)"),
+    ("container-log-max-files", "int", "log files kept per container run, current one included (default: 5)"),
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wasmlet",
@@ -313,3 +317,9 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             64,
         ),
     )
+        container_log_max_size=_as_size(
+            "container-log-max-size", merged.get("container-log-max-size", logs.DEFAULT_MAX_SIZE)
+        ),
+        container_log_max_files=_as_int(
+            "container-log-max-files", merged.get("container-log-max-files", logs.DEFAULT_MAX_FILES), 2, 1000
+        ),

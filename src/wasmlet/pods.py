@@ -144,6 +144,7 @@ class PodController:
             max_module_size=config.max_module_size,
         )
         self.log_root = config.data_dir / "logs"
+        self.log_rotation = logs.LogRotation(config.container_log_max_size, config.container_log_max_files)
         self.sources = ApiSources(client)
         self.events = EventRecorder(
             client, "wasmlet", config.node_name, qps=config.event_qps, burst=config.event_burst
@@ -222,7 +223,16 @@ class PodController:
             gone = [key for key in self.runs if key not in seen]
         for key in gone:
             self._forget_deleted(key)
+        self._remove_orphan_logs()
         return str(listing["metadata"]["resourceVersion"])
+
+    def _remove_orphan_logs(self) -> None:
+        """Delete the logs of pods this node no longer has (deleted while it was down)."""
+        with self.lock:
+            live = {run.uid for run in self.runs.values()}
+        removed = logs.remove_orphan_pod_logs(self.log_root, live)
+        if removed:
+            log.info("removed the container logs of %d pods gone from this node: %s", len(removed), removed)
 
     def _watch(self) -> None:
         params = {"fieldSelector": f"spec.nodeName={self.config.node_name}"}
@@ -329,6 +339,9 @@ class PodController:
                 self._close_writers(run)
                 if run.volumes is not None:
                     run.volumes.cleanup()
+                meta = run.pod["metadata"]
+                pod_logs = logs.pod_log_dir(self.log_root, meta["namespace"], meta["name"], run.uid)
+                logs.remove_pod_logs(pod_logs)  # as the kubelet removes /var/log/pods/<pod>
                 with self.lock:
                     if self.runs.get(key) is run:
                         del self.runs[key]
@@ -605,9 +618,10 @@ class PodController:
                 crun.last_state = crun.state
         if crun.writer is not None:
             crun.writer.close()
-        writer = logs.ContainerLogWriter(
-            logs.log_path(self.log_root, namespace, name, run.uid, crun.name, crun.restart_count)
-        )
+        path = logs.log_path(self.log_root, namespace, name, run.uid, crun.name, crun.restart_count)
+        if crun.restart_count > 1:  # the kubelet keeps the logs of one dead run (--previous)
+            logs.remove_runs_before(path.parent, crun.restart_count - 1)
+        writer = logs.ContainerLogWriter(path, rotation=self.log_rotation)
         limits = (spec.get("resources") or {}).get("limits") or {}
         run_spec = RunSpec(
             module=module,

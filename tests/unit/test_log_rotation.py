@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from wasmlet import logs
+from wasmlet import config, logs
 from wasmlet.logs import ContainerLogWriter, LogOptions, LogRotation, read_logs, rotated_logs
 
 pytestmark = pytest.mark.timeout(60)
@@ -279,3 +279,17 @@ def test_a_pods_log_directory_is_removed_with_everything_in_it(tmp_path: Path) -
     logs.remove_pod_logs(pod_dir)  # already gone: no error
     with pytest.raises(ValueError, match="invalid pod name"):
         logs.pod_log_dir(tmp_path, "default", "../x", "uid")
+
+
+def test_log_rotation_flags_default_to_the_kubelets_and_refuse_bad_values(tmp_path: Path) -> None:
+    base = ["--data-dir", str(tmp_path), "--node-ip", "127.0.0.2"]
+    defaults = config.load(base, {})
+    assert (defaults.container_log_max_size, defaults.container_log_max_files) == (10 * 1024 * 1024, 5)
+    cfg = config.load([*base, "--container-log-max-size", "64Ki"], {"WASMLET_CONTAINER_LOG_MAX_FILES": "2"})
+    assert (cfg.container_log_max_size, cfg.container_log_max_files) == (65536, 2)
+    with pytest.raises(config.ConfigError, match=r"--container-log-max-files: 1 is out of range 2\.\.1000"):
+        config.load([*base, "--container-log-max-files", "1"], {})
+    with pytest.raises(config.ConfigError, match="--container-log-max-size: 'ten' is not a quantity"):
+        config.load([*base, "--container-log-max-size", "ten"], {})
+    with pytest.raises(config.ConfigError, match="--container-log-max-size: '0' must be a whole number"):
+        config.load([*base, "--container-log-max-size", "0"], {})
