@@ -308,6 +308,12 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         allowed_host_paths=_as_host_paths(merged.get("allowed-host-paths", "")),
         event_qps=_as_int("event-qps", merged.get("event-qps", events.QPS), 0, 100000),
         event_burst=_as_int("event-burst", merged.get("event-burst", events.BURST), 1, 100000),
+        container_log_max_size=_as_size(
+            "container-log-max-size", merged.get("container-log-max-size", logs.DEFAULT_MAX_SIZE)
+        ),
+        container_log_max_files=_as_int(
+            "container-log-max-files", merged.get("container-log-max-files", logs.DEFAULT_MAX_FILES), 2, 1000
+        ),
         max_module_size=_as_size("max-module-size", merged.get("max-module-size", "512Mi")),
         image_pull_timeout=_as_duration("image-pull-timeout", merged.get("image-pull-timeout", "2m")),
         max_parallel_image_pulls=_as_int(
@@ -317,9 +323,3 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             64,
         ),
     )
-        container_log_max_size=_as_size(
-            "container-log-max-size", merged.get("container-log-max-size", logs.DEFAULT_MAX_SIZE)
-        ),
-        container_log_max_files=_as_int(
-            "container-log-max-files", merged.get("container-log-max-files", logs.DEFAULT_MAX_FILES), 2, 1000
-        ),
