@@ -52,12 +52,12 @@ class NodeConfig:
     allowed_host_paths: tuple[Path, ...] = ()  # hostPath volumes only under these (default: none)
     event_qps: int = events.QPS  # kubelet's --event-qps: events posted per second at most; 0: unlimited
     event_burst: int = events.BURST  # kubelet's --event-burst: events posted at once after a quiet time
+    container_log_max_size: int = logs.DEFAULT_MAX_SIZE  # kubelet's flag: a log file is rotated past this
+    container_log_max_files: int = logs.DEFAULT_MAX_FILES  # kubelet's flag: files kept per run, current too
     max_module_size: int = pull_limits.DEFAULT_MAX_MODULE_BYTES  # bytes of one module, declared or received
     image_pull_timeout: float = pull_limits.DEFAULT_PULL_TIMEOUT  # seconds for a whole pull, all requests
     max_parallel_image_pulls: int = pulls.DEFAULT_MAX_PARALLEL  # pulls at once (one registry: all but one)
 
-    container_log_max_size: int = logs.DEFAULT_MAX_SIZE  # kubelet's flag: a log file is rotated past this
-    container_log_max_files: int = logs.DEFAULT_MAX_FILES  # kubelet's flag: files kept per run, current too
     @property
     def config_dir(self) -> Path:
         return self.data_dir / "config"
@@ -91,6 +91,8 @@ _OPTIONS: list[tuple[str, str, str]] = [
     ),
     ("event-qps", "int", "events posted per second at most, as kubelet's flag; 0: unlimited (default: 50)"),
     ("event-burst", "int", "events posted at once after a quiet time, as kubelet's flag (default: 100)"),
+    ("container-log-max-size", "str", "rotate a container log before it passes this size (default: 10Mi)"),
+    ("container-log-max-files", "int", "log files kept per container run, current one included (default: 5)"),
     ("max-module-size", "str", "largest wasm module a pull may download, a quantity (default: 512Mi)"),
     ("image-pull-timeout", "str", "total time one image pull may take, all its requests (default: 2m)"),
     ("max-parallel-image-pulls", "int", "image pulls at once; one registry gets all but one (default: 4)"),
@@ -101,8 +103,6 @@ def _env_name(option: str) -> str:
     return "WASMLET_" + option.upper().replace("-", "_")
 
 
-    ("container-log-max-size", "str", "rotate a container log before it passes this size (default: 10Mi)"),
-    ("container-log-max-files", "int", "log files kept per container run, current one included (default: 5)"),
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wasmlet",
