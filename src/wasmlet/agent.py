@@ -21,20 +21,31 @@ from wasmlet.server import Authorizer, KubeletServer
 log = logging.getLogger(__name__)
 
 RENEW_CHECK_INTERVAL = 60.0
+FILES_PER_POD = 6
+FILES_FOR_THE_NODE = 1024
 
 
-def _raise_open_files_limit() -> None:
-    """Every running container holds four descriptors (its output pipes, both ends): lift the soft
-    limit (often 1024) to the hard one, as Go programs such as the kubelet do at start."""
+def _raise_open_files_limit() -> int:
+    """Every running container holds five descriptors (its output pipes, both ends, and its log):
+    lift the soft limit (often 1024) to the hard one, as Go programs such as the kubelet do at
+    start. Returns the soft limit in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == hard:
-        return
+        return soft
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     except (ValueError, OSError) as exc:  # e.g. an unlimited hard limit above fs.nr_open
         log.warning("cannot raise the open files limit from %d: %s", soft, exc)
-        return
+        return soft
     log.info("open files limit raised from %d to %d", soft, hard)
+    return hard
+
+
+def open_files_budget(limit: int, max_pods: int) -> int:
+    """What modules may hold open together: the process's limit less what the node keeps for itself
+    (six per pod for pipes and logs, and 1024 for sockets, the store and the rest), at least a quarter."""
+    reserve = FILES_PER_POD * max_pods + FILES_FOR_THE_NODE
+    return max(limit - reserve, limit // 4)
 
 
 class Agent:
@@ -63,7 +74,7 @@ class Agent:
 
     def run(self) -> None:
         config = self.config
-        _raise_open_files_limit()
+        files_limit = _raise_open_files_limit()
         self.bootstrapper.ensure_client(self.stop)
         client = Client.from_kubeconfig(config.kubeconfig)
         self.clients.append(client)
@@ -72,7 +83,13 @@ class Agent:
         node.renew_lease()
         self._spawn(f"heartbeat:{config.node_name}", node.run, self.stop)
         # Pods run while the serving certificate waits for approval, as with a kubelet.
-        self.runtime = Runtime(config.data_dir / "cache" / "compiled")
+        budget = open_files_budget(files_limit, config.max_pods)
+        log.info(
+            "modules may hold %d files open together, each at most %d",
+            budget,
+            config.max_open_files_per_container,
+        )
+        self.runtime = Runtime(config.data_dir / "cache" / "compiled", open_files_budget=budget)
         pod_client = Client.from_kubeconfig(config.kubeconfig)
         self.clients.append(pod_client)
         self.pods = PodController(config, pod_client, self.runtime)

@@ -27,6 +27,8 @@ class ConfigError(Exception):
     """Configuration that cannot be used; the message names the setting and the cause."""
 
 
+DEFAULT_MEMORY_LIMIT = 256 * 2**20
+DEFAULT_MAX_OPEN_FILES = 1024
 _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
@@ -50,6 +52,8 @@ class NodeConfig:
     registry_ca_files: dict[str, Path] = field(default_factory=dict)
     allow_local_modules: bool = False
     allowed_host_paths: tuple[Path, ...] = ()  # hostPath volumes only under these (default: none)
+    default_memory_limit: int = DEFAULT_MEMORY_LIMIT  # bytes of linear memory for containers with no limit
+    max_open_files_per_container: int = DEFAULT_MAX_OPEN_FILES  # files one module may hold open at once
     event_qps: int = events.QPS  # kubelet's --event-qps: events posted per second at most; 0: unlimited
     event_burst: int = events.BURST  # kubelet's --event-burst: events posted at once after a quiet time
     container_log_max_size: int = logs.DEFAULT_MAX_SIZE  # kubelet's flag: a log file is rotated past this
@@ -84,6 +88,12 @@ _OPTIONS: list[tuple[str, str, str]] = [
     ("insecure-registries", "list", "registries (host[:port]) reached over plain HTTP, comma-separated"),
     ("registry-ca-files", "labels", "CA bundles of registries with their own CA: host[:port]=/path,..."),
     ("allow-local-modules", "bool", "allow fs/<path> module references (default: false)"),
+    (
+        "default-memory-limit",
+        "str",
+        "linear memory a container with no limits.memory may use (default: 256Mi)",
+    ),
+    ("max-open-files-per-container", "int", "files one container may hold open at once (default: 1024)"),
     (
         "allowed-host-paths",
         "list",
@@ -306,6 +316,15 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         registry_ca_files=_as_ca_files(merged.get("registry-ca-files", "")),
         allow_local_modules=_as_bool("allow-local-modules", merged.get("allow-local-modules", False)),
         allowed_host_paths=_as_host_paths(merged.get("allowed-host-paths", "")),
+        default_memory_limit=_as_size(
+            "default-memory-limit", merged.get("default-memory-limit", DEFAULT_MEMORY_LIMIT)
+        ),
+        max_open_files_per_container=_as_int(
+            "max-open-files-per-container",
+            merged.get("max-open-files-per-container", DEFAULT_MAX_OPEN_FILES),
+            16,
+            1 << 20,
+        ),
         event_qps=_as_int("event-qps", merged.get("event-qps", events.QPS), 0, 100000),
         event_burst=_as_int("event-burst", merged.get("event-burst", events.BURST), 1, 100000),
         container_log_max_size=_as_size(

@@ -627,9 +627,15 @@ class PodController:
             module=module,
             argv=podspec.argv(spec, env),
             env=env,
-            # limits.memory caps the linear memories; limits.cpu is a CFS-like quota per 100 ms.
+            # limits.memory (or the node's default) caps the linear memory; limits.cpu is a
+            # CFS-like quota per 100 ms.
             preopens=preopens,
-            memory_limit_bytes=int(parse_quantity(str(limits["memory"]))) if "memory" in limits else None,
+            memory_limit_bytes=(
+                int(parse_quantity(str(limits["memory"])))
+                if "memory" in limits
+                else self.config.default_memory_limit
+            ),
+            max_open_files=self.config.max_open_files_per_container,
             cpu_limit=float(parse_quantity(str(limits["cpu"]))) if "cpu" in limits else None,
             stdout=writer.stdout,
             stderr=writer.stderr,

@@ -60,12 +60,18 @@ from typing import Any
 import wasmtime
 from wasmtime import _ffi as ffi
 
-from wasmlet import outputs, wasi_poll
+from wasmlet import outputs, wasi_files, wasi_poll
 from wasmlet.fsutil import write_atomic
 from wasmlet.held_dir import HeldDir
 
 log = logging.getLogger(__name__)
 
+DEFAULT_MAX_OPEN_FILES = 1024  # per container: the soft RLIMIT_NOFILE most Linux processes start with
+# Per store: one linear memory (memory_size caps each memory, so a second one would double the
+# limit), tables of at most 1M elements (8 MiB each, outside memory_size), ten of them.
+MEMORIES_PER_STORE = 1
+TABLES_PER_STORE = 10
+TABLE_ELEMENTS = 1 << 20
 EXIT_START_FAILED = 128
 EXIT_TRAPPED = 134
 EXIT_KILLED = 137
@@ -101,6 +107,7 @@ class RunSpec:
     # resolved again) and closed by the runtime once the module's store holds its own descriptor.
     preopens: Sequence[tuple[Path | HeldDir, str, bool]] = ()
     memory_limit_bytes: int | None = None
+    max_open_files: int = DEFAULT_MAX_OPEN_FILES  # files the module may hold open at once
     cpu_limit: float | None = None  # cores (limits.cpu); None: not throttled
     name: str = ""  # e.g. "default/simpleserver/main", for the thread name and log records
 
@@ -115,7 +122,10 @@ class ExitStatus:
 
 
 class Runtime:
-    def __init__(self, cache_dir: Path) -> None:
+    """``open_files_budget``: files all modules together may hold open (the node's descriptors
+    less what it keeps for itself); None: no node-wide budget, only each module's own cap."""
+
+    def __init__(self, cache_dir: Path, *, open_files_budget: int | None = None) -> None:
         config = wasmtime.Config()
         config.epoch_interruption = True
         self._engine = wasmtime.Engine(config)
@@ -138,6 +148,16 @@ class Runtime:
             self._poll_oneoff,
             access_caller=True,
         )
+        self._node_files = wasi_files.NodeFiles(
+            open_files_budget if open_files_budget is not None else 1 << 62
+        )
+        self._real_wasi = wasmtime.Linker(self._engine)  # what the file shadows call through
+        self._real_wasi.define_wasi()
+        self._files_trampoline = wasmtime.Module(self._engine, wasi_files.TRAMPOLINE_WAT)
+        for name in wasi_files.SHADOWED:
+            self._linker.define_func(
+                wasi_files.WASI, name, wasi_files.func_type(name), self._file_call(name), access_caller=True
+            )
 
     def precompile(self, wasm: Path) -> Path:
         """Compile ``wasm`` once into ``cache_dir/<sha256>.cwasm``; reuse it when present."""
@@ -243,6 +263,19 @@ class Runtime:
             log.exception("%s: poll_oneoff failed", execution.name)
             return wasi_poll.ERRNO_FAULT
 
+    def _file_call(self, name: str) -> Callable[..., int]:
+        def call(caller: wasmtime.Caller, *args: int) -> int:
+            execution: Execution | None = getattr(self._current, "execution", None)
+            if execution is None:
+                return wasi_poll.ERRNO_NOTSUP
+            try:  # never raise into wasm (see _poll_oneoff)
+                return int(getattr(execution._files, name)(caller, args))
+            except Exception:
+                log.exception("%s: %s failed", execution.name, name)
+                return wasi_files.ERRNO_FAULT
+
+        return call
+
     def _pipes(self, spec: RunSpec, name: str) -> tuple[outputs.Pipe, outputs.Pipe]:
         stdout = self._output.pipe(spec.stdout, f"{name}: stdout")
         try:
@@ -270,6 +303,9 @@ class Execution:
         self._status: ExitStatus | None = None
         self._monotonic_origin_ns = 0
         self._deadline_callback = _DEADLINE_CALLBACK(self._on_epoch_deadline)  # alive as long as us
+        self._files = wasi_files.FileTable(
+            spec.max_open_files, runtime._node_files, runtime._real_wasi, runtime._files_trampoline
+        )
         self._period_start = 0.0  # CFS-like quota accounting (cpu_limit only)
         self._period_cpu = 0.0
 
@@ -349,6 +385,7 @@ class Execution:
             try:
                 return self._run_in(store, ready)
             finally:
+                self._files.close()
                 # Free the WASI context now, not when the garbage collector gets to it: it holds the
                 # preopened directories open (the volumes of a pod that may be gone already) and
                 # the write ends of the output pipes, whose end-of-file finishes the output.
@@ -379,8 +416,12 @@ class Execution:
 
     def _store(self, pipes: tuple[outputs.Pipe, outputs.Pipe]) -> wasmtime.Store:
         store = wasmtime.Store(self._runtime._engine)
-        if self._spec.memory_limit_bytes is not None:
-            store.set_limits(memory_size=self._spec.memory_limit_bytes)
+        store.set_limits(
+            memory_size=-1 if self._spec.memory_limit_bytes is None else self._spec.memory_limit_bytes,
+            table_elements=TABLE_ELEMENTS,
+            tables=TABLES_PER_STORE,
+            memories=MEMORIES_PER_STORE,
+        )
         store.set_wasi(self._wasi_config(*pipes))
         for pipe in pipes:
             pipe.opened()  # wasmtime holds its own write ends now

@@ -7,10 +7,14 @@ seconds; on a cold machine they build the Kubernetes binaries once (cached under
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 
 import pytest
 from helpers import (
+    ROOT,
     SECURE_REGISTRY,
     Cluster,
     Pods,
@@ -22,7 +26,7 @@ from helpers import (
 )
 from wasmlet_proc import WasmletNode
 
-from wasmlet import paths
+from wasmlet import oci, paths
 from wasmlet.kubeapi import Client
 
 
@@ -92,3 +96,19 @@ def pods(admin: Client, wasm_node: WasmletNode) -> Iterator[Pods]:
     yield p
     for name in p.created:
         delete_quietly(admin, f"/api/v1/namespaces/default/pods/{name}?gracePeriodSeconds=0")
+
+
+@pytest.fixture(scope="session")
+def fsprobe(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """tests/modules/fsprobe (Go, GOOS=wasip1) built and pushed."""
+    go = shutil.which("go") or "/usr/local/go/bin/go"
+    out = tmp_path_factory.mktemp("fsprobe") / "fsprobe.wasm"
+    subprocess.run(
+        [go, "build", "-trimpath", "-buildvcs=false", "-o", str(out), "."],
+        cwd=ROOT / "tests" / "modules" / "fsprobe",
+        env={**os.environ, "GOOS": "wasip1", "GOARCH": "wasm"},
+        check=True,
+    )
+    ref = f"{registry.host}/{unique('fsprobe')}:v1"
+    oci.push_module(ref, out, insecure_registries={registry.host})
+    return ref

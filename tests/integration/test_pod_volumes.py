@@ -6,39 +6,20 @@ apiserver's admission, readOnly mounts, and clear failures for what a module can
 from __future__ import annotations
 
 import base64
-import os
-import shutil
 import stat
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import ROOT, Pods, Registry, delete_quietly, unique, wait_for
+from helpers import Pods, delete_quietly, unique, wait_for
 
-from wasmlet import oci, paths
+from wasmlet import paths
 from wasmlet.kubeapi import Client
 
 pytestmark = pytest.mark.integration
 
 NS = "/api/v1/namespaces/default"
-
-
-@pytest.fixture(scope="session")
-def fsprobe(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """tests/modules/fsprobe (Go, GOOS=wasip1) built and pushed."""
-    go = shutil.which("go") or "/usr/local/go/bin/go"
-    out = tmp_path_factory.mktemp("fsprobe") / "fsprobe.wasm"
-    subprocess.run(
-        [go, "build", "-trimpath", "-buildvcs=false", "-o", str(out), "."],
-        cwd=ROOT / "tests" / "modules" / "fsprobe",
-        env={**os.environ, "GOOS": "wasip1", "GOARCH": "wasm"},
-        check=True,
-    )
-    ref = f"{registry.host}/{unique('fsprobe')}:v1"
-    oci.push_module(ref, out, insecure_registries={registry.host})
-    return ref
 
 
 @pytest.fixture

@@ -82,3 +82,16 @@ def test_environment_booleans(tmp_path: Path) -> None:
     ).allow_local_modules
     with pytest.raises(config.ConfigError, match="boolean"):
         load(["--node-ip", "127.0.0.2"], {"WASMLET_ALLOW_LOCAL_MODULES": "maybe"}, tmp_path)
+
+
+def test_a_pod_with_no_memory_limit_gets_the_nodes_default_and_files_are_capped(tmp_path: Path) -> None:
+    defaults = load(["--node-ip", "127.0.0.9"], tmp=tmp_path)
+    assert (defaults.default_memory_limit, defaults.max_open_files_per_container) == (256 * 2**20, 1024)
+    chosen = load(["--default-memory-limit", "64Mi", "--max-open-files-per-container", "100"], tmp=tmp_path)
+    assert (chosen.default_memory_limit, chosen.max_open_files_per_container) == (64 * 2**20, 100)
+    with pytest.raises(
+        config.ConfigError, match="--max-open-files-per-container: 3 is out of range 16..1048576"
+    ):
+        load(["--max-open-files-per-container", "3"], tmp=tmp_path)
+    with pytest.raises(config.ConfigError, match="--default-memory-limit: 'lots' is not a quantity"):
+        load(["--default-memory-limit", "lots"], tmp=tmp_path)

@@ -292,8 +292,8 @@ def test_precompile_reuses_the_cached_artifact_without_compiling(
     def no_compiling(*args: object) -> None:
         raise AssertionError("recompiled a cached module")
 
-    monkeypatch.setattr(wasmtime.Module, "__init__", no_compiling)
     fresh = Runtime(tmp_path / "cache")  # a restarted agent finds the artifact on disk
+    monkeypatch.setattr(wasmtime.Module, "__init__", no_compiling)
     assert fresh.precompile(source) == cached
     assert runtime.precompile(source) == cached
     assert cached.stat().st_mtime_ns == mtime
@@ -426,3 +426,95 @@ def test_a_throttled_module_still_stops_at_once(runtime: Runtime, tmp_path: Path
     status = execution.wait(2)
     assert status is not None and (status.exit_code, status.reason) == (137, "Killed")
     assert time.monotonic() - asked < 0.5
+
+
+def opener(count: int, *, close_each: bool = False, then_sleep: bool = False) -> str:
+    """Opens ``f`` in the preopen (fd 3) ``count`` times (closing each when asked); exits with the
+    first errno path_open returns, 0 when all opened (after sleeping a minute when asked)."""
+    close = "(drop (call $close (i32.load (i32.const 128))))" if close_each else ""
+    # one monotonic clock subscription of 60 s at 1024, its event at 2048
+    sleep = (
+        "(i32.store (i32.const 1040) (i32.const 1)) (i64.store (i32.const 1048) (i64.const 60000000000))"
+        "(drop (call $poll (i32.const 1024) (i32.const 2048) (i32.const 1) (i32.const 2100)))"
+        if then_sleep
+        else ""
+    )
+    return f"""(module
+      (import "{WASI}" "path_open"
+        (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+      (import "{WASI}" "fd_close" (func $close (param i32) (result i32)))
+      (import "{WASI}" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+      (import "{WASI}" "proc_exit" (func $exit (param i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 64) "f")
+      (func (export "_start") (local $i i32) (local $err i32)
+        (loop $next
+          (local.set $err (call $open (i32.const 3) (i32.const 0) (i32.const 64) (i32.const 1)
+            (i32.const 0) (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 128)))
+          (if (local.get $err) (then (call $exit (local.get $err))))
+          {close}
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $next (i32.lt_u (local.get $i) (i32.const {count}))))
+        {sleep}))"""
+
+
+def open_fds() -> list[str]:
+    return [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd") if _is_link(fd)]
+
+
+def test_a_module_opening_files_past_its_cap_gets_emfile_and_gives_them_all_back(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    """Seen by an attacker: one module opening 25,000 files took the node to its limit."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    (volume / "f").write_text("x")
+    limits = {"preopens": [(volume, "/v", True)], "max_open_files": 20}
+    status, _out = run(runtime, tmp_path, opener(20), **limits)
+    assert status.exit_code == 0
+    status, _out = run(runtime, tmp_path, opener(21), **limits)
+    assert status.exit_code == 33  # EMFILE: "too many open files" in this container
+    status, _out = run(runtime, tmp_path, opener(100, close_each=True), **limits)
+    assert status.exit_code == 0  # closed files do not count
+    assert str(volume / "f") not in open_fds()  # everything the modules opened is closed
+    assert runtime._node_files.used == 0
+
+
+def test_the_nodes_budget_is_shared_by_all_modules_and_refused_with_enfile(tmp_path: Path) -> None:
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    (volume / "f").write_text("x")
+    runtime = Runtime(tmp_path / "cache", open_files_budget=30)
+    try:
+        module = runtime.precompile(wasm_file(tmp_path, opener(25, then_sleep=True), "holder.wasm"))
+        holder = Output()
+        holding = runtime.start(spec(module, holder, preopens=[(volume, "/v", True)]), holder.on_exit)
+        wait_until(lambda: runtime._node_files.used == 25)
+        status, _out = run(runtime, tmp_path, opener(10), preopens=[(volume, "/v", True)])
+        assert status.exit_code == 41  # ENFILE: the node keeps the rest for itself and other pods
+        holding.stop(0)
+        assert holding.wait(5) is not None
+        assert runtime._node_files.used == 0
+        status, _out = run(runtime, tmp_path, opener(10), preopens=[(volume, "/v", True)])
+        assert status.exit_code == 0
+    finally:
+        runtime.close()
+
+
+def wait_until(condition: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_a_second_linear_memory_and_huge_tables_are_refused_at_start(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    """memory_size caps each memory: a second one would double the pod's limit."""
+    two = """(module (memory 1) (memory 1) (func (export "_start")))"""
+    status, _out = run(runtime, tmp_path, two, memory_limit_bytes=1 << 20)
+    assert status.exit_code == 128 and status.reason in ("Error", "OOMKilled"), status
+    table = """(module (table 100000000 funcref) (func (export "_start")))"""
+    status, _out = run(runtime, tmp_path, table)
+    assert status.exit_code == 128, status

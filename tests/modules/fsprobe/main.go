@@ -6,6 +6,8 @@
 //	fsprobe size PATH          print "PATH: N bytes" (for files whose content is secret)
 //	fsprobe watch PATH         print the file's content whenever it changes, forever
 //	fsprobe fill PATH BYTES    write BYTES zero bytes to PATH, print "filled PATH", then sleep forever
+//	fsprobe hold PATH N        open PATH (created) N times without closing, print "held K: ERROR"
+//	                           (or "held N") and how far it got, then sleep forever
 package main
 
 import (
@@ -83,6 +85,26 @@ func main() {
 			os.Exit(1)
 		}
 		fmt.Printf("filled %s\n", args[0])
+		for {
+			time.Sleep(time.Hour)
+		}
+	case "hold":
+		count, err := strconv.Atoi(args[1])
+		if err == nil {
+			err = os.WriteFile(args[0], []byte("x"), 0o644)
+		}
+		held := []*os.File{}
+		for err == nil && len(held) < count {
+			var file *os.File
+			if file, err = os.Open(args[0]); err == nil {
+				held = append(held, file)
+			}
+		}
+		if err != nil {
+			fmt.Printf("held %d: %v\n", len(held), err)
+		} else {
+			fmt.Printf("held %d\n", len(held))
+		}
 		for {
 			time.Sleep(time.Hour)
 		}
