@@ -9,7 +9,7 @@ import threading
 from types import FrameType
 from typing import Any
 
-from wasmlet import kubeconfig
+from wasmlet import image_gc, kubeconfig
 from wasmlet.bootstrap import Bootstrapper
 from wasmlet.config import NodeConfig
 from wasmlet.kubeapi import Client
@@ -94,6 +94,16 @@ class Agent:
         self.clients.append(pod_client)
         self.pods = PodController(config, pod_client, self.runtime)
         self.pods.start()
+        gc = image_gc.ImageGC(
+            self.pods.store,
+            config.data_dir / "cache" / "compiled",
+            config.data_dir / "pods",
+            self.pods.in_use,
+            image_gc.GCPolicy(
+                config.image_gc_high_threshold, config.image_gc_low_threshold, config.image_minimum_gc_age
+            ),
+        )
+        self._spawn("image-gc", gc.run, self.stop, self.pods.listed)
         self.bootstrapper.ensure_serving(self.stop)
         ca_pem = kubeconfig.load(config.kubeconfig).ca_pem or b""
         self.server = KubeletServer(

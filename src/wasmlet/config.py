@@ -61,6 +61,9 @@ class NodeConfig:
     max_module_size: int = pull_limits.DEFAULT_MAX_MODULE_BYTES  # bytes of one module, declared or received
     image_pull_timeout: float = pull_limits.DEFAULT_PULL_TIMEOUT  # seconds for a whole pull, all requests
     max_parallel_image_pulls: int = pulls.DEFAULT_MAX_PARALLEL  # pulls at once (one registry: all but one)
+    image_gc_high_threshold: int = 85  # kubelet's: disk usage (%) of the store's filesystem that starts GC
+    image_gc_low_threshold: int = 80  # kubelet's: disk usage (%) GC frees down to
+    image_minimum_gc_age: float = 120.0  # kubelet's: seconds a module is kept after it is first seen
 
     @property
     def config_dir(self) -> Path:
@@ -106,6 +109,9 @@ _OPTIONS: list[tuple[str, str, str]] = [
     ("max-module-size", "str", "largest wasm module a pull may download, a quantity (default: 512Mi)"),
     ("image-pull-timeout", "str", "total time one image pull may take, all its requests (default: 2m)"),
     ("max-parallel-image-pulls", "int", "image pulls at once; one registry gets all but one (default: 4)"),
+    ("image-gc-high-threshold", "int", "disk usage percent that starts module GC (default: 85)"),
+    ("image-gc-low-threshold", "int", "disk usage percent module GC frees down to (default: 80)"),
+    ("image-minimum-gc-age", "str", "a module is never removed sooner after it is first seen (default: 2m)"),
 ]
 
 
@@ -299,6 +305,13 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         value = merged.get(name)
         return Path(str(value)).expanduser() if value else default
 
+    high = _as_int("image-gc-high-threshold", merged.get("image-gc-high-threshold", 85), 0, 100)
+    low = _as_int("image-gc-low-threshold", merged.get("image-gc-low-threshold", 80), 0, 100)
+    if low >= high:
+        raise ConfigError(
+            f"--image-gc-low-threshold ({low}) must be less than --image-gc-high-threshold ({high})"
+        )
+
     return NodeConfig(
         node_name=node_name,
         hostname=hostname,
@@ -341,4 +354,7 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             1,
             64,
         ),
+        image_gc_high_threshold=high,
+        image_gc_low_threshold=low,
+        image_minimum_gc_age=_as_duration("image-minimum-gc-age", merged.get("image-minimum-gc-age", "2m")),
     )

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wasmlet import admission, host_paths, logs, node, oci, paths, podspec, pulls
+from wasmlet import admission, host_paths, image_gc, logs, node, oci, paths, podspec, pulls
 from wasmlet.admission import Rejection
 from wasmlet.config import NodeConfig
 from wasmlet.events import EventRecorder
@@ -159,6 +159,7 @@ class PodController:
         self.admission_lock = threading.Lock()  # one admission decision at a time
         self.stop = threading.Event()
         self.puller = pulls.ImagePuller(config.max_parallel_image_pulls)
+        self.listed = threading.Event()  # set once the node's pods have been listed (for the GC)
 
     # -- the LogSource the kubelet API serves from -------------------------------------
     def _run_of(self, namespace: str, pod: str, container: str) -> tuple[PodRun, ContainerRun]:
@@ -193,6 +194,13 @@ class PodController:
         with self.lock:
             return [run.pod for run in self.runs.values()]
 
+    def in_use(self) -> image_gc.InUse:
+        """The images and uids of every pod this node knows (for garbage collection)."""
+        with self.lock:
+            runs = list(self.runs.values())
+        images = {crun.image for run in runs for crun in run.all_containers()}
+        return image_gc.InUse(images=images, pod_uids={run.uid for run in runs})
+
     # -- watching ----------------------------------------------------------------------
     def start(self) -> None:
         for i in range(WORKERS):
@@ -224,6 +232,7 @@ class PodController:
         for key in gone:
             self._forget_deleted(key)
         self._remove_orphan_logs()
+        self.listed.set()
         return str(listing["metadata"]["resourceVersion"])
 
     def _remove_orphan_logs(self) -> None:
