@@ -40,3 +40,19 @@ def test_pull_limits_take_quantities_and_go_durations(tmp_path: Path) -> None:
 def test_bad_pull_settings_name_the_flag(tmp_path: Path, argv: list[str], message: str) -> None:
     with pytest.raises(config.ConfigError, match=message):
         load(tmp_path, *argv)
+
+
+def test_image_gc_settings_default_to_the_kubelets(tmp_path: Path) -> None:
+    cfg = load(tmp_path)
+    assert (cfg.image_gc_high_threshold, cfg.image_gc_low_threshold, cfg.image_minimum_gc_age) == (
+        85,
+        80,
+        120,
+    )
+    cfg = load(tmp_path, "--image-gc-high-threshold", "100", "--image-minimum-gc-age", "10m")
+    assert (cfg.image_gc_high_threshold, cfg.image_minimum_gc_age) == (100, 600)
+
+
+def test_image_gc_low_threshold_must_be_below_the_high_one(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError, match=r"--image-gc-low-threshold \(90\) must be less than"):
+        load(tmp_path, "--image-gc-low-threshold", "90")
