@@ -4,6 +4,8 @@ Clients authenticate with a certificate from the cluster CA or a bearer token (c
 with a TokenReview), and are authorized with a SubjectAccessReview on ``nodes/<sub>``,
 as the kubelet does (pkg/kubelet/server/auth.go): anonymous → 401, not allowed → 403.
 Decisions are cached (authn 2 min, allow 5 min, deny 30 s), like virtual-kubelet's.
+Connections are capped and timed out until a request is authorized (:mod:`wasmlet.connections`);
+a connection that fails or times out is closed with one log line.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import hashlib
 import http.server
 import json
 import logging
+import select
 import socket
 import ssl
+import sys
 import threading
 import time
 import urllib.parse
@@ -22,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from wasmlet import logs
+from wasmlet.connections import ConnectionLimits, Connections
 from wasmlet.kubeapi import ApiError, Client
 
 log = logging.getLogger(__name__)
@@ -30,6 +35,7 @@ AUTHN_TTL = 120.0
 ALLOW_TTL = 300.0
 DENY_TTL = 30.0
 UNSUPPORTED = ("exec", "attach", "portForward", "run", "cri")
+TLS_ALERT = b"\x15"  # the content type of a TLS record that ends a connection (close_notify, errors)
 VERBS = {"GET": "get", "HEAD": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
 
@@ -151,6 +157,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("kubelet API %s: " + format, self.client_address[0], *args)
 
+    def handle_one_request(self) -> None:
+        super().handle_one_request()
+        if not self.close_connection:
+            self.server.connections.answered(self.connection)
+
     def _reply(self, code: int, message: str, content_type: str = "text/plain; charset=utf-8") -> None:
         body = (message + ("\n" if not message.endswith("\n") else "")).encode()
         self.send_response(code)
@@ -172,6 +183,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return None
 
     def _handle(self) -> None:
+        if self.server.connections.closed_because(self.connection):
+            self.close_connection = True  # headers cut short by the deadline: not a request to answer
+            return
         url = urllib.parse.urlsplit(self.path)
         try:
             user = self._user()
@@ -195,6 +209,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 + (f": {reason}" if reason else ""),
             )
             return
+        self.server.connections.authorized(self.connection)
         self._route(url)
 
     do_GET = do_POST = do_PUT = do_HEAD = do_DELETE = do_PATCH = _handle
@@ -214,6 +229,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         else:
             self._reply(404, f"404 page not found: {url.path}")
 
+    def _client_gone(self) -> bool:
+        """Whether the client of a streamed answer hung up (TCP FIN, or a TLS alert such as close_notify):
+        it sends nothing else while it reads, so a follow that waits for new lines learns at once
+        that nobody reads it and frees its connection, as Go's server cancels a request's context."""
+        sock = self.connection
+        if not select.select([sock], [], [], 0)[0]:
+            return False
+        try:
+            head = socket.socket.recv(sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT)  # under the TLS layer
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        return head in (b"", TLS_ALERT)
+
     def _container_logs(self, namespace: str, pod: str, container: str, query: str) -> None:
         params: dict[str, str] = {}
         for name, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
@@ -232,8 +262,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._reply(400, str(exc))
             return
 
-        def finished() -> bool:
-            return self.server.source.container_finished(namespace, pod, container)
+        def finished() -> bool:  # asked at every poll of a follow (50 ms)
+            return self.server.source.container_finished(namespace, pod, container) or self._client_gone()
 
         try:
             chunks = logs.read_logs(path, options, stop=self.server.stopping, is_finished=finished)
@@ -257,9 +287,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 close()
 
 
+def _is_connection_error(exc: BaseException) -> bool:
+    """A failure of the peer or the transport (reset, TLS alert, EOF, a socket the watchdog shut),
+    as opposed to a bug in serving the request."""
+    if isinstance(exc, OSError):
+        return True
+    if isinstance(exc, ValueError):  # e.g. ssl's "handshake not done yet" on a connection torn down
+        frame = exc.__traceback__
+        while frame is not None and frame.tb_next is not None:
+            frame = frame.tb_next
+        return frame is not None and Path(frame.tb_frame.f_code.co_filename).name in {"ssl.py", "socket.py"}
+    return False
+
+
 class KubeletServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = socket.SOMAXCONN  # a burst of connections waits in the backlog, not in SYN retries
 
     def __init__(
         self,
@@ -270,6 +314,7 @@ class KubeletServer(http.server.ThreadingHTTPServer):
         client_ca_pem: bytes,
         authorizer: Authorizer,
         source: LogSource,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         self.cert_file = cert_file
         self.key_file = key_file
@@ -277,6 +322,7 @@ class KubeletServer(http.server.ThreadingHTTPServer):
         self.authorizer = authorizer
         self.source = source
         self.stopping = threading.Event()
+        self.connections = Connections(limits if limits is not None else ConnectionLimits())
         self.ssl_context = self._context()
         super().__init__(address, _Handler)
 
@@ -294,19 +340,56 @@ class KubeletServer(http.server.ThreadingHTTPServer):
 
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, addr = super().get_request()
-        sock.settimeout(30)
+        # As Go's servers do: headers and body (or log chunks) go out at once, not 40 ms apart
+        # while Nagle's algorithm waits for the delayed ACK of the previous write.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """In the accept loop: count the connection in (or refuse it) before it gets a thread."""
+        if not self.connections.admit(request, _peer(client_address)):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         try:
             if isinstance(request, ssl.SSLSocket):
                 request.do_handshake()
-                request.settimeout(None)
-        except (ssl.SSLError, OSError) as exc:
-            log.debug("kubelet API: TLS handshake with %s failed: %s", client_address[0], exc)
+        except (OSError, ValueError) as exc:  # the watchdog's deadline shows up here as an EOF
+            self.connections.failed(request, f"TLS handshake failed: {exc}")
             return
         super().finish_request(request, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One line for a connection that broke (logged when it is released); a traceback for a bug."""
+        exc = sys.exc_info()[1]
+        if exc is not None and _is_connection_error(exc):
+            self.connections.failed(request, f"{type(exc).__name__}: {exc}")
+        else:
+            log.exception("kubelet API: serving %s failed", _peer(client_address))
+
+    def shutdown_request(self, request: Any) -> None:
+        self.connections.release(request)  # before the descriptor is closed and can be reused
+        super().shutdown_request(request)
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        watchdog = threading.Thread(
+            target=self.connections.watch, name=f"kubelet-api-deadlines:{self.server_address[1]}", daemon=True
+        )
+        watchdog.start()
+        try:
+            super().serve_forever(poll_interval)
+        finally:
+            self.connections.stop()
 
     def shutdown(self) -> None:
         self.stopping.set()
         super().shutdown()
+
+
+def _peer(client_address: Any) -> str:
+    """host:port of a client, so that log lines of connections from one host tell them apart."""
+    if isinstance(client_address, tuple) and len(client_address) >= 2:
+        return f"{client_address[0]}:{client_address[1]}"
+    return str(client_address)
