@@ -27,7 +27,7 @@ from helpers import (
 from wasmlet_proc import WasmletNode
 
 from wasmlet import oci, paths
-from wasmlet.kubeapi import Client
+from wasmlet.kubeapi import ApiError, Client
 
 
 @pytest.fixture(scope="session")
@@ -95,7 +95,31 @@ def pods(admin: Client, wasm_node: WasmletNode) -> Iterator[Pods]:
     p = Pods(admin, wasm_node)
     yield p
     for name in p.created:
-        delete_quietly(admin, f"/api/v1/namespaces/default/pods/{name}?gracePeriodSeconds=0")
+        delete_quietly(admin, f"{p.path}/pods/{name}?gracePeriodSeconds=0")
+
+
+HOST_PATH_NAMESPACE = "wasmlet-host-paths"
+
+
+@pytest.fixture
+def host_path_pods(admin: Client, wasm_node: WasmletNode) -> Iterator[Pods]:
+    """Pods in a namespace that opts down from the cluster's Pod Security default (baseline, which
+    refuses hostPath) to privileged, as an operator would for workloads that need host directories."""
+    labels = {"pod-security.kubernetes.io/enforce": "privileged"}
+    namespace = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": HOST_PATH_NAMESPACE, "labels": labels},
+    }
+    try:
+        admin.post("/api/v1/namespaces", namespace)
+    except ApiError as exc:
+        if exc.status != 409:
+            raise
+    p = Pods(admin, wasm_node, HOST_PATH_NAMESPACE)
+    yield p
+    for name in p.created:
+        delete_quietly(admin, f"{p.path}/pods/{name}?gracePeriodSeconds=0")
 
 
 @pytest.fixture(scope="session")

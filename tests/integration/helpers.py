@@ -277,19 +277,21 @@ def pod_manifest(
 
 
 class Pods:
-    def __init__(self, admin: Client, node: WasmletNode) -> None:
+    def __init__(self, admin: Client, node: WasmletNode, namespace: str = "default") -> None:
         self.admin = admin
         self.node = node
+        self.namespace = namespace
+        self.path = f"/api/v1/namespaces/{namespace}"
         self.created: list[str] = []
 
     def create(self, name: str, image: str, container: dict[str, Any] | None = None, **spec: Any) -> str:
         manifest = pod_manifest(name, self.node.name, image, container, **spec)
-        self.admin.post("/api/v1/namespaces/default/pods", manifest)
+        self.admin.post(f"{self.path}/pods", manifest)
         self.created.append(name)
         return name
 
     def get(self, name: str) -> dict[str, Any]:
-        pod: dict[str, Any] = self.admin.get(f"/api/v1/namespaces/default/pods/{name}")
+        pod: dict[str, Any] = self.admin.get(f"{self.path}/pods/{name}")
         return pod
 
     def container(self, name: str) -> dict[str, Any]:
@@ -312,12 +314,12 @@ class Pods:
 
     def events(self, name: str) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = self.admin.get(
-            "/api/v1/namespaces/default/events", {"fieldSelector": f"involvedObject.name={name}"}
+            f"{self.path}/events", {"fieldSelector": f"involvedObject.name={name}"}
         )["items"]
         return items
 
     def logs(self, name: str, **params: str) -> str:
-        status, body = self.admin.raw("GET", f"/api/v1/namespaces/default/pods/{name}/log", params=params)
+        status, body = self.admin.raw("GET", f"{self.path}/pods/{name}/log", params=params)
         assert status == 200, body
         return body.decode()
 

@@ -15,7 +15,7 @@ import pytest
 from helpers import Pods, delete_quietly, unique, wait_for
 
 from wasmlet import paths
-from wasmlet.kubeapi import Client
+from wasmlet.kubeapi import ApiError, Client
 
 pytestmark = pytest.mark.integration
 
@@ -124,12 +124,12 @@ def test_configmap_and_secret_files_with_items_and_modes(
     assert mode & stat.S_IROTH == 0, oct(mode)  # secrets are never world-readable
 
 
-def test_downward_api_and_host_path_sub_path(pods: Pods, fsprobe: str, tmp_path: Path) -> None:
+def test_downward_api_and_host_path_sub_path(host_path_pods: Pods, fsprobe: str, tmp_path: Path) -> None:
     host = tmp_path / "host"
     (host / "sub").mkdir(parents=True)
     (host / "sub" / "note").write_text("from the host")
     name = unique("downward")
-    pods.create(
+    host_path_pods.create(
         name,
         fsprobe,
         {
@@ -153,7 +153,7 @@ def test_downward_api_and_host_path_sub_path(pods: Pods, fsprobe: str, tmp_path:
             {"name": "host", "hostPath": {"path": str(host), "type": "Directory"}},
         ],
     )
-    logs = finished_logs(pods, name)
+    logs = finished_logs(host_path_pods, name)
     assert f'/info/labels: app="{name}"\n' in logs
     assert f"/info/name: {name}\n" in logs
     assert "/host/note: from the host\n" in logs
@@ -230,8 +230,13 @@ def test_a_missing_configmap_is_a_failed_mount_until_it_appears(
     ids=["pvc", "hostpath-file"],
 )
 def test_volumes_a_module_cannot_mount_fail_clearly(
-    pods: Pods, fsprobe: str, volume: dict[str, Any], cause: str, tmp_path_factory: pytest.TempPathFactory
+    host_path_pods: Pods,
+    fsprobe: str,
+    volume: dict[str, Any],
+    cause: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
+    pods = host_path_pods  # a namespace where Pod Security allows hostPath: the node decides
     if "hostPath" in volume:
         allowed = tmp_path_factory.getbasetemp()
         (allowed / "a-file").write_text("a file")
@@ -307,23 +312,34 @@ def test_several_containers_run_side_by_side_and_share_a_volume(pods: Pods, fspr
     "where", ["/", "{data_dir}", "{cluster_dir}/pki", "/etc"], ids=["root", "data", "pki", "etc"]
 )
 def test_a_host_path_the_node_does_not_allow_fails_the_pod_naming_the_field_and_the_flag(
-    pods: Pods, fsprobe: str, where: str
+    host_path_pods: Pods, fsprobe: str, where: str
 ) -> None:
     """Seen by an attacker: ``hostPath: /`` read the cluster CA key and the admin kubeconfig."""
-    path = where.format(data_dir=pods.node.data_dir, cluster_dir=paths.cluster_dir())
+    path = where.format(data_dir=host_path_pods.node.data_dir, cluster_dir=paths.cluster_dir())
     name = unique("hostpath")
-    pods.create(
+    host_path_pods.create(
         name,
         fsprobe,
         {"args": ["ls", "/host"], "volumeMounts": [{"name": "host", "mountPath": "/host"}]},
         volumes=[{"name": "host", "hostPath": {"path": path}}],
     )
     status = wait_for(
-        "the pod to fail", lambda: (s := pods.get(name)["status"]).get("phase") == "Failed" and s
+        "the pod to fail", lambda: (s := host_path_pods.get(name)["status"]).get("phase") == "Failed" and s
     )
     assert status["reason"] == "HostPathNotAllowed"
     assert status["message"].startswith(f"Pod was rejected: spec.volumes[0].hostPath.path: {path} ")
     assert "--allowed-host-paths" in status["message"] or "node's state" in status["message"]
-    events = [e for e in pods.events(name) if e["reason"] == "HostPathNotAllowed"]
+    events = [e for e in host_path_pods.events(name) if e["reason"] == "HostPathNotAllowed"]
     assert events and events[0]["type"] == "Warning"
-    assert not (pods.node.data_dir / "pods" / pods.get(name)["metadata"]["uid"]).exists()
+    assert not (host_path_pods.node.data_dir / "pods" / host_path_pods.get(name)["metadata"]["uid"]).exists()
+
+
+def test_the_clusters_pod_security_default_refuses_a_host_path_before_it_reaches_the_node(
+    pods: Pods, fsprobe: str
+) -> None:
+    """The control_plane role enforces Pod Security ``baseline`` unless a namespace opts down."""
+    volumes = [{"name": "host", "hostPath": {"path": "/"}}]
+    with pytest.raises(ApiError) as refused:
+        pods.create(unique("hostpath"), fsprobe, volumes=volumes)
+    assert refused.value.status == 403
+    assert 'violates PodSecurity "baseline:latest": hostPath volumes (volume "host")' in str(refused.value)
