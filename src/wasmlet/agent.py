@@ -12,6 +12,7 @@ from typing import Any
 from wasmlet import image_gc, kubeconfig
 from wasmlet.bootstrap import Bootstrapper
 from wasmlet.config import NodeConfig
+from wasmlet.connections import ConnectionLimits
 from wasmlet.kubeapi import Client
 from wasmlet.node import NodeAgent
 from wasmlet.pods import PodController
@@ -113,6 +114,7 @@ class Agent:
             client_ca_pem=ca_pem,
             authorizer=Authorizer(client, config.node_name),
             source=self.pods,
+            limits=ConnectionLimits(max_connections=config.max_api_connections),
         )
         self._spawn(f"kubelet-api:{config.addr}:{config.port}", self.server.serve_forever)
         log.info("node %s is up: kubelet API on https://%s:%d", config.node_name, config.addr, config.port)

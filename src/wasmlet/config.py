@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from wasmlet import __version__, events, logs, paths, pull_limits, pulls
+from wasmlet.connections import MAX_CONNECTIONS
 from wasmlet.quantity import parse_quantity
 
 
@@ -64,6 +65,7 @@ class NodeConfig:
     image_gc_high_threshold: int = 85  # kubelet's: disk usage (%) of the store's filesystem that starts GC
     image_gc_low_threshold: int = 80  # kubelet's: disk usage (%) GC frees down to
     image_minimum_gc_age: float = 120.0  # kubelet's: seconds a module is kept after it is first seen
+    max_api_connections: int = MAX_CONNECTIONS  # kubelet API connections open at once
 
     @property
     def config_dir(self) -> Path:
@@ -112,6 +114,7 @@ _OPTIONS: list[tuple[str, str, str]] = [
     ("image-gc-high-threshold", "int", "disk usage percent that starts module GC (default: 85)"),
     ("image-gc-low-threshold", "int", "disk usage percent module GC frees down to (default: 80)"),
     ("image-minimum-gc-age", "str", "a module is never removed sooner after it is first seen (default: 2m)"),
+    ("max-api-connections", "int", "kubelet API connections open at once (default: 500)"),
 ]
 
 
@@ -357,4 +360,7 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         image_gc_high_threshold=high,
         image_gc_low_threshold=low,
         image_minimum_gc_age=_as_duration("image-minimum-gc-age", merged.get("image-minimum-gc-age", "2m")),
+        max_api_connections=_as_int(
+            "max-api-connections", merged.get("max-api-connections", MAX_CONNECTIONS), 1, 100000
+        ),
     )

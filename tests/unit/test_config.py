@@ -28,6 +28,15 @@ def test_event_rate_defaults_to_kubelets_and_can_be_lifted(tmp_path: Path) -> No
     assert (cfg.event_qps, cfg.event_burst) == (0, 500)
 
 
+def test_kubelet_api_connections_are_capped_at_500_unless_set(tmp_path: Path) -> None:
+    assert load(["--node-ip", "127.0.0.2"], tmp=tmp_path).max_api_connections == 500
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text("max-api-connections: 64\n")
+    assert load(["--node-ip", "127.0.0.2"], tmp=tmp_path).max_api_connections == 64
+    with pytest.raises(config.ConfigError, match="--max-api-connections: 0 is out of range"):
+        load(["--node-ip", "127.0.0.2", "--max-api-connections", "0"], tmp=tmp_path)
+
+
 def test_defaults_follow_the_data_dir(tmp_path: Path) -> None:
     cfg = load(["--node-name", "n1", "--node-ip", "127.0.0.2"], tmp=tmp_path)
     assert cfg.bootstrap_file == tmp_path / "config" / "bootstrap.conf"
