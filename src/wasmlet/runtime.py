@@ -166,6 +166,9 @@ class Runtime:
         except OSError as exc:
             raise ModuleError(f"module {wasm}: cannot read it: {exc.strerror}") from exc
         target = self._cache_dir / f"{hashlib.sha256(data).hexdigest()}.cwasm"
+        with self._lock:
+            if target in self._ready:  # loaded once: each load is another mmap (and descriptor)
+                return target
         if target.exists():
             try:
                 self._load(target)
@@ -232,9 +235,8 @@ class Runtime:
         except wasmtime.WasmtimeError as exc:
             raise ModuleError(f"module {cwasm}: cannot load precompiled module: {_cause(exc)}") from exc
         ready = self._prepare(module, cwasm)
-        with self._lock:
-            self._ready[cwasm] = ready
-        return ready
+        with self._lock:  # loaded by two threads at once: keep one (each holds an mmap and a descriptor)
+            return self._ready.setdefault(cwasm, ready)
 
     def _prepare(self, module: wasmtime.Module, source: Path) -> wasmtime.InstancePre:
         start = next((export for export in module.exports if export.name == "_start"), None)

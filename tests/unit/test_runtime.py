@@ -518,3 +518,25 @@ def test_a_second_linear_memory_and_huge_tables_are_refused_at_start(
     table = """(module (table 100000000 funcref) (func (export "_start")))"""
     status, _out = run(runtime, tmp_path, table)
     assert status.exit_code == 128, status
+
+
+def test_a_module_started_many_times_is_loaded_once(runtime: Runtime, tmp_path: Path) -> None:
+    """Each load of a precompiled module is an mmap holding a descriptor of the file until its last
+    user is collected: a load per start left a varying number of them open (a flaky leak test)."""
+    source = wasm_file(tmp_path, sleeper(60))
+    gc.disable()  # what is open must not depend on when the collector runs
+    try:
+        executions = []
+        for number in range(20):
+            out = Output()
+            module = runtime.precompile(source)
+            executions.append(
+                runtime.start(spec(module, out, name=f"default/pod-{number}/main"), out.on_exit)
+            )
+        for execution in executions:
+            execution.stop(0)
+        for execution in executions:
+            assert execution.wait(5) is not None
+        assert open_fds().count(str(module)) == 1
+    finally:
+        gc.enable()
