@@ -13,11 +13,13 @@ One file per run, ``<root>/<namespace>_<pod>_<uid>/<container>/<restartCount>.lo
 (:class:`LogRotation`): once the next write would take the file past ``max_size`` it is
 renamed ``<restartCount>.log.<YYYYMMDD-HHMMSS.ffffff>`` (UTC) and a new one is started, and the
 oldest rotated files beyond ``max_files - 1`` are deleted. The check costs one comparison per
-write of a chunk, so a file never exceeds ``max_size`` by more than one chunk's records (it
-exceeds it only when a single chunk does). The kubelet checks every 10 s instead, which lets a
-fast writer run far past the cap; it also gzips rotated files older than the newest, which
-wasmlet does not: the disk bound is ``max_files * max_size`` either way, a follower that fell
-behind reads rotated files as they are, and no CPU goes to compressing what a pod floods.
+write of a chunk (not per line); a chunk whose records would pass the size is split between
+files at record boundaries, so no file exceeds ``max_size`` (only a single record longer than
+it, at most ``MAX_RECORD_CONTENT`` plus its prefix, gets a file of its own). The kubelet checks
+every 10 s instead, which lets a fast writer run far past the cap; it also gzips rotated files
+older than the newest, which wasmlet does not: the disk bound is ``max_files * max_size``
+either way, a follower that fell behind reads rotated files as they are, and no CPU goes to
+compressing what a pod floods.
 
 Reading: :func:`read_logs` turns a file back into what ``kubectl logs`` prints, applying
 the ``tailLines``, ``sinceSeconds``/``sinceTime``, ``timestamps`` and ``limitBytes`` options
@@ -249,8 +251,8 @@ class ContainerLogWriter:
     ``write`` is called with every chunk read from the module's output; it is serialised
     by a per-writer lock and costs one ``os.write`` per call (nothing is buffered in user
     space except the unterminated tail of each stream), so followers see complete lines
-    immediately. With ``rotation``, a write that would take the file past its ``max_size``
-    goes to a new file (see the module's docstring). ``clock`` returns ns since the epoch;
+    immediately. With ``rotation``, records that would take the file past its ``max_size``
+    go to a new file (see the module's docstring). ``clock`` returns ns since the epoch;
     tests inject their own.
     """
 
@@ -378,7 +380,7 @@ class ContainerLogWriter:
         os.fchmod(fd, LOG_FILE_MODE)  # independent of the umask
         return fd
 
-    def _rotate(self, rotation: LogRotation) -> None:
+    def _rotate(self, rotation: LogRotation) -> bool:
         """Rename the current file ``<name>.<timestamp>``, start a new one, delete the oldest."""
         now_us = max(self._clock() // 1000, self._rotated_us + 1)
         seconds, micros = divmod(now_us, 1_000_000)
@@ -401,7 +403,7 @@ class ContainerLogWriter:
                     exc,
                     self._max_size,
                 )
-            return
+            return False
         self._rotate_failed = False
         self._rotated_us = now_us
         os.close(self._fd)
@@ -410,11 +412,40 @@ class ContainerLogWriter:
         for old in _rotated_names(self.path)[:-kept]:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path.parent / old)
+        return True
 
     def _write(self, blob: bytes) -> None:
-        if self._size + len(blob) > self._max_size and self._size > 0 and self._rotation is not None:
-            self._rotate(self._rotation)
-        view = memoryview(blob)
+        if self._size + len(blob) <= self._max_size or self._rotation is None:  # the usual case
+            self._append(memoryview(blob))
+        else:
+            self._write_rotating(blob, self._rotation)
+
+    def _write_rotating(self, blob: bytes, rotation: LogRotation) -> None:
+        """Write ``blob`` (whole records) into as many files as it takes to keep each within the size.
+
+        Records are never split; a record longer than ``max_size`` gets a file of its own.
+        """
+        view, start, end = memoryview(blob), 0, len(blob)
+        while start < end:
+            room = max(0, self._max_size - self._size)  # a reopened file may be over already
+            if end - start <= room:
+                self._append(view[start:])
+                return
+            cut = blob.rfind(b"\n", start, start + room) + 1  # after the last whole record that fits
+            if cut <= start:  # not one more record fits
+                if self._size == 0:  # a record longer than max_size: alone in its file
+                    cut = blob.find(b"\n", start) + 1 or end
+                elif self._rotate(rotation):
+                    continue
+                else:  # cannot rotate: keep the output rather than drop it
+                    cut = end
+            self._append(view[start:cut])
+            start = cut
+            if start < end and not self._rotate(rotation):
+                self._append(view[start:])
+                return
+
+    def _append(self, view: memoryview) -> None:
         try:
             while view:
                 written = os.write(self._fd, view)

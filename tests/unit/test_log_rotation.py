@@ -66,12 +66,12 @@ def test_a_file_never_passes_max_size_and_the_newest_max_files_are_kept(log_file
     rotation = LogRotation(max_size=4096, max_files=3)
     written = []
     with ContainerLogWriter(log_file, clock=clock, rotation=rotation) as writer:
-        for i in range(3000):
-            chunk = b"".join(b"line %d.%d\n" % (i, j) for j in range(i % 7 + 1))
+        for i in range(1500):
+            # From one line to chunks whose records are several times max_size.
+            chunk = b"".join(b"line %d.%d\n" % (i, j) for j in range((i * 37) % 400 + 1))
             writer.write("stdout" if i % 2 else "stderr", chunk)
             written += chunk.decode().splitlines()
             sizes = [f.stat().st_size for f in files_of(log_file)]
-            # Every chunk's records fit in max_size, so no file ever holds more.
             assert max(sizes) <= rotation.max_size, (i, sizes)
             assert len(sizes) <= rotation.max_files
     assert len(files_of(log_file)) == rotation.max_files
@@ -80,20 +80,30 @@ def test_a_file_never_passes_max_size_and_the_newest_max_files_are_kept(log_file
     assert kept == written[-len(kept) :]
     assert len(kept) > 2 * 4096 // 40  # two full files at least (records of ~40 bytes)
     for rotated in rotated_logs(log_file):
+        assert rotated.stat().st_size > rotation.max_size - 100  # filled up to the last record that fits
         assert rotated.name.startswith("0.log.20231114-221320.")  # <name>.<UTC timestamp>.<µs>
         assert rotated.stat().st_mode & 0o777 == logs.LOG_FILE_MODE
 
 
-def test_a_chunk_larger_than_max_size_gets_a_file_of_its_own(log_file: Path) -> None:
-    rotation = LogRotation(max_size=1024, max_files=4)
+def test_a_record_longer_than_max_size_gets_a_file_of_its_own(log_file: Path) -> None:
+    rotation = LogRotation(max_size=1024, max_files=5)
     with ContainerLogWriter(log_file, clock=clock, rotation=rotation) as writer:
         writer.write("stdout", b"small\n")
-        writer.write("stdout", b"x" * 100 + b"\n" + b"y" * 5000 + b"\n")
+        writer.write("stdout", b"x" * 100 + b"\n" + b"y" * 5000 + b"\n" + b"z" * 10 + b"\n")
         writer.write("stdout", b"after\n")
     first, big, current = files_of(log_file)
-    assert contents(first.parent / "0.log")[:1] == ["small"]
-    assert [line.split(" ", 3)[3][:1] for line in big.read_text().splitlines()] == ["x", "y"]
-    assert current.read_text().endswith(" stdout F after\n")
+    assert [line.split(" ", 3)[3][:1] for line in first.read_text().splitlines()] == ["s", "x"]
+    assert [line.split(" ", 3)[3] for line in big.read_text().splitlines()] == ["y" * 5000]
+    assert [line.split(" ", 3)[3] for line in current.read_text().splitlines()] == ["z" * 10, "after"]
+
+
+def test_a_node_restarted_with_an_oversized_file_rotates_it_at_the_first_write(log_file: Path) -> None:
+    log_file.parent.mkdir(parents=True)
+    log_file.write_text("2023-11-14T22:13:20Z stdout F old\n" * 100)  # 3300 bytes, over 1024
+    with ContainerLogWriter(log_file, clock=clock, rotation=LogRotation(max_size=1024)) as writer:
+        writer.write("stdout", b"new\n")
+    assert log_file.read_text() == "2023-11-14T22:13:20Z stdout F new\n"
+    assert len(rotated_logs(log_file)) == 1
 
 
 def test_rotated_names_stay_in_write_order_when_the_clock_stands_still(log_file: Path) -> None:
