@@ -112,7 +112,7 @@ already_approved:
   elements: str
   sample: []
 refused:
-  description: Each CSR that failed validation, with every reason (C(<rule>: <detail>)).
+  description: "Each CSR that failed validation, with every reason (C(<rule>: <detail>))."
   returned: when a CSR failed validation
   type: dict
   sample: {"rogue-tls": ["other-node: SANs ['10.0.0.7'] belong to node(s) ['wasm-1']"]}

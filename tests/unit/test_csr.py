@@ -292,7 +292,7 @@ def test_validate_does_not_mutate_its_inputs(keys: dict[str, SigningKey]) -> Non
 def test_default_policy_allows_private_and_loopback_ranges_only() -> None:
     policy = csr.Policy.from_options()
     assert [str(n) for n in policy.ip_prefixes] == list(csr.DEFAULT_IP_PREFIXES)
-    inside = {ip for ip in ("10.2.3.4", "172.31.0.1", "192.168.8.9", "127.0.0.5", "fd00::1", "::1")}
+    inside = {"10.2.3.4", "172.31.0.1", "192.168.8.9", "127.0.0.5", "fd00::1", "::1"}
     outside = {"9.9.9.9", "172.32.0.1", "169.254.1.1", "100.64.0.1", "2001:db8::1", "fe80::1"}
     for ip in inside | outside:
         assert any(ipaddress.ip_address(ip) in n for n in policy.ip_prefixes) == (ip in inside), ip
