@@ -7,9 +7,11 @@ import copy
 import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
@@ -298,6 +300,14 @@ def test_default_policy_allows_private_and_loopback_ranges_only() -> None:
         assert any(ipaddress.ip_address(ip) in n for n in policy.ip_prefixes) == (ip in inside), ip
     assert policy.dns_domain == ""
     assert policy.max_expiration_seconds == 31536000
+
+
+def test_role_default_and_documented_default_prefixes_are_the_libraries() -> None:
+    role = Path(__file__).resolve().parents[2] / "roles" / "csr_approve"
+    defaults = yaml.safe_load((role / "defaults" / "main.yml").read_text())
+    specs = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())
+    documented = specs["argument_specs"]["main"]["options"]["csr_approve_ip_prefixes"]["default"]
+    assert defaults["csr_approve_ip_prefixes"] == documented == list(csr.DEFAULT_IP_PREFIXES)
 
 
 @pytest.mark.parametrize(
