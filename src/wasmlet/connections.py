@@ -139,9 +139,18 @@ class Connections:
             conn = self._open.pop(sock, None)
             if conn is not None and conn.closed_because:
                 self._shut_down -= 1
-        why = (conn.closed_because or conn.failure) if conn is not None else ""
-        if conn is not None and why:  # the watchdog's reason first: it explains the failure it caused
-            log.info("kubelet API: closed the connection from %s: %s", conn.peer, why)
+        if conn is None or not (conn.closed_because or conn.failure):
+            return
+        # The watchdog's reason first: it explains the failure it caused. A connection that has had
+        # an authorized request is the apiserver's (or another authorized client's): its idle ends
+        # and hang-ups are routine, and logged only at debug level.
+        level = logging.DEBUG if conn.authorized else logging.INFO
+        log.log(
+            level,
+            "kubelet API: closed the connection from %s: %s",
+            conn.peer,
+            conn.closed_because or conn.failure,
+        )
 
     def watch(self) -> None:
         """Shut down connections whose deadline passed, until :meth:`stop`. Runs in its own thread."""
