@@ -644,9 +644,12 @@ class PodVolumes:
         component by component from the volume's own directory (from ``/`` for a hostPath) with
         ``O_NOFOLLOW``: what changed in between fails the open and is never followed.
         """
-        real_base = Path(os.path.realpath(base))
-        target = Path(os.path.realpath(real_base / sub_path)) if sub_path else real_base
         what = f'subPath "{sub_path}"' if sub_path else str(base)
+        try:
+            real_base = Path(os.path.realpath(base))
+            target = Path(os.path.realpath(real_base / sub_path)) if sub_path else real_base
+        except OSError as exc:  # a symlink on the way was replaced while it was read
+            raise VolumeError(f"{where}: {what} changed while it was mounted: {exc.strerror}") from None
         if not _inside(target, real_base):
             raise VolumeError(f"{where}: {what} resolves outside the volume")
         if host_path:
