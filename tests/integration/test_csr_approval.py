@@ -33,7 +33,7 @@ from helpers import (
 )
 
 from wasmlet import kubeconfig, pki
-from wasmlet.kubeapi import Client
+from wasmlet.kubeapi import ApiError, Client
 
 pytestmark = pytest.mark.integration
 
@@ -182,10 +182,20 @@ ATTEMPTS = {
         ("san-type",), "spiffe://evil/x", other_sans=(x509.UniformResourceIdentifier("spiffe://evil/x"),)
     ),
     "san-missing": Attempt(("san-missing",), "no DNS or IP SAN", dns=(), ips=()),
+    # The apiserver refuses these from a node identity itself ("can only create a node CSR with
+    # CN=system:node:<self>", test below); posted by the rogue's name outside system:nodes.
     "cn-of-the-victim": Attempt(
-        ("subject-cn",), "system:node:{victim}", common_names=("system:node:{victim}",)
+        ("groups", "subject-cn"),
+        "system:node:{victim}",
+        identity="groupless",
+        common_names=("system:node:{victim}",),
     ),
-    "cn-funny": Attempt(("subject-cn",), "funny-common-name", common_names=("funny-common-name",)),
+    "cn-funny": Attempt(
+        ("groups", "subject-cn"),
+        "funny-common-name",
+        identity="groupless",
+        common_names=("funny-common-name",),
+    ),
     "o-system-masters": Attempt(("subject-o",), "system:masters", organizations=("system:masters",)),
     "o-nodes-and-masters": Attempt(
         ("subject-o",), "system:masters", organizations=("system:nodes", "system:masters")
@@ -311,6 +321,15 @@ def test_csr_approve_refuses_every_impersonation_by_its_rule_and_approves_honest
     finally:
         for name in posted.values():
             delete_quietly(admin, f"{CSRS}/{name}")
+
+
+@pytest.mark.parametrize("common_name", ["system:node:{victim}", "funny-common-name"])
+def test_apiserver_itself_refuses_a_node_csr_for_another_common_name(world: World, common_name: str) -> None:
+    attempt = Attempt((), common_names=(common_name,))
+    with pytest.raises(ApiError) as refused:
+        _post(world, "other-cn", attempt, unique("cn"))
+    assert refused.value.status == 403
+    assert f"CN=system:node:{world.rogue}" in str(refused.value)
 
 
 def test_deny_invalid_denies_an_impersonation_naming_the_rule(
