@@ -147,7 +147,7 @@ class ImageGC:
     def _free_space(self, report: GCReport, used: set[Path], hashes: dict[Path, str], now: float) -> None:
         if self.policy.high_threshold >= 100:
             return
-        capacity, _used, available = self.disk_usage(self.store.root)
+        capacity, _used, available = self.disk_usage(_existing(self.store.root))
         if capacity <= 0:
             log.warning("image garbage collection: the store's filesystem reports capacity %d", capacity)
             return
@@ -306,3 +306,10 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:
         return 0
+
+
+def _existing(path: Path) -> Path:
+    """``path``, or its nearest existing ancestor (a new node has no store yet: same filesystem)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path

@@ -186,3 +186,15 @@ def test_the_first_pass_waits_until_the_pods_are_listed(world: World) -> None:
 def test_thresholds_must_be_ordered_percentages(high: int, low: int) -> None:
     with pytest.raises(ValueError, match="image GC thresholds"):
         GCPolicy(high_threshold=high, low_threshold=low)
+
+
+def test_a_node_without_a_module_store_yet_measures_the_filesystem_it_will_be_on(tmp_path: Path) -> None:
+    gc = ImageGC(
+        oci.ModuleStore(tmp_path / "data" / ".oci" / "modules"),
+        tmp_path / "data" / "cache" / "compiled",
+        tmp_path / "data" / "pods",
+        lambda: InUse(set(), set()),
+        GCPolicy(high_threshold=1, low_threshold=0),  # always over: the real disk usage is read
+    )
+    report = gc.collect()
+    assert report.modules_removed == [] and report.bytes_wanted > 0
