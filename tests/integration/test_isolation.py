@@ -35,8 +35,9 @@ def test_a_pod_opening_files_without_end_is_capped_and_its_neighbours_are_unharm
         {"args": ["hold", "/scratch/f", str(HOLD)], "volumeMounts": [{"name": "s", "mountPath": "/scratch"}]},
         volumes=[{"name": "s", "emptyDir": {}}],
     )
+    pods.wait_state(hog, "running")
     held = wait_for("the hog to report", lambda: pods.logs(hog).strip(), timeout=60)
-    assert held == "held 1024: open /scratch/f: too many open files", held  # its own cap, not the node's
+    assert held == "held 1024: open /scratch/f: Too many open files", held  # its own cap, not the node's
     assert pods.container(hog)["state"].get("running") is not None  # it holds them and lives on
 
     assert pods.logs(neighbour)  # kubectl logs of another pod answers
