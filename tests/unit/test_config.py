@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -99,7 +100,7 @@ def test_a_pod_with_no_memory_limit_gets_the_nodes_default_and_files_are_capped(
     chosen = load(["--default-memory-limit", "64Mi", "--max-open-files-per-container", "100"], tmp=tmp_path)
     assert (chosen.default_memory_limit, chosen.max_open_files_per_container) == (64 * 2**20, 100)
     with pytest.raises(
-        config.ConfigError, match="--max-open-files-per-container: 3 is out of range 16..1048576"
+        config.ConfigError, match=re.escape("--max-open-files-per-container: 3 is out of range 16..1048576")
     ):
         load(["--max-open-files-per-container", "3"], tmp=tmp_path)
     with pytest.raises(config.ConfigError, match="--default-memory-limit: 'lots' is not a quantity"):
