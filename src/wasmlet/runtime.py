@@ -151,13 +151,8 @@ class Runtime:
         self._node_files = wasi_files.NodeFiles(
             open_files_budget if open_files_budget is not None else 1 << 62
         )
-        self._real_wasi = wasmtime.Linker(self._engine)  # what the file shadows call through
-        self._real_wasi.define_wasi()
-        self._files_trampoline = wasmtime.Module(self._engine, wasi_files.TRAMPOLINE_WAT)
-        for name in wasi_files.SHADOWED:
-            self._linker.define_func(
-                wasi_files.WASI, name, wasi_files.func_type(name), self._file_call(name), access_caller=True
-            )
+        self._file_shadows = wasi_files.Shadows(self._engine, self._current_files)
+        self._file_shadows.define(self._linker)
 
     def precompile(self, wasm: Path) -> Path:
         """Compile ``wasm`` once into ``cache_dir/<sha256>.cwasm``; reuse it when present."""
@@ -265,18 +260,9 @@ class Runtime:
             log.exception("%s: poll_oneoff failed", execution.name)
             return wasi_poll.ERRNO_FAULT
 
-    def _file_call(self, name: str) -> Callable[..., int]:
-        def call(caller: wasmtime.Caller, *args: int) -> int:
-            execution: Execution | None = getattr(self._current, "execution", None)
-            if execution is None:
-                return wasi_poll.ERRNO_NOTSUP
-            try:  # never raise into wasm (see _poll_oneoff)
-                return int(getattr(execution._files, name)(caller, args))
-            except Exception:
-                log.exception("%s: %s failed", execution.name, name)
-                return wasi_files.ERRNO_FAULT
-
-        return call
+    def _current_files(self) -> wasi_files.FileTable | None:
+        execution: Execution | None = getattr(self._current, "execution", None)
+        return None if execution is None else execution._files
 
     def _pipes(self, spec: RunSpec, name: str) -> tuple[outputs.Pipe, outputs.Pipe]:
         stdout = self._output.pipe(spec.stdout, f"{name}: stdout")
@@ -305,9 +291,7 @@ class Execution:
         self._status: ExitStatus | None = None
         self._monotonic_origin_ns = 0
         self._deadline_callback = _DEADLINE_CALLBACK(self._on_epoch_deadline)  # alive as long as us
-        self._files = wasi_files.FileTable(
-            spec.max_open_files, runtime._node_files, runtime._real_wasi, runtime._files_trampoline
-        )
+        self._files = wasi_files.FileTable(spec.max_open_files, runtime._node_files, runtime._file_shadows)
         self._period_start = 0.0  # CFS-like quota accounting (cpu_limit only)
         self._period_cpu = 0.0
 
