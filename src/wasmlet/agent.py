@@ -103,6 +103,7 @@ class Agent:
             image_gc.GCPolicy(
                 config.image_gc_high_threshold, config.image_gc_low_threshold, config.image_minimum_gc_age
             ),
+            forget_compiled=self.runtime.forget,
         )
         self._spawn("image-gc", gc.run, self.stop, self.pods.listed)
         self.bootstrapper.ensure_serving(self.stop)

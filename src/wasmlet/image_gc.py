@@ -97,6 +97,7 @@ class ImageGC:
         *,
         clock: Callable[[], float] = time.time,
         disk_usage: Callable[[Path], tuple[int, int, int]] = shutil.disk_usage,
+        forget_compiled: Callable[[Path], None] = lambda _path: None,
     ) -> None:
         self.store = store
         self.compiled_dir = compiled_dir
@@ -105,6 +106,7 @@ class ImageGC:
         self.policy = policy or GCPolicy()
         self.clock = clock
         self.disk_usage = disk_usage
+        self.forget_compiled = forget_compiled  # the runtime drops what it loaded of a removed .cwasm
         self._records: dict[Path, _Record] = {}
         self._hashes: dict[Path, tuple[tuple[int, int, int], str]] = {}  # module -> (stat key, sha256)
 
@@ -261,6 +263,7 @@ class ImageGC:
                 if now - path.stat().st_mtime < self.policy.min_age:
                     continue
                 path.unlink()
+                self.forget_compiled(path)
                 removed.append(path)
         return removed
 
@@ -287,7 +290,9 @@ class ImageGC:
         with contextlib.suppress(OSError):
             entry.rmdir()
         if module_hash:
-            (self.compiled_dir / f"{module_hash}{COMPILED_SUFFIX}").unlink(missing_ok=True)
+            compiled = self.compiled_dir / f"{module_hash}{COMPILED_SUFFIX}"
+            compiled.unlink(missing_ok=True)
+            self.forget_compiled(compiled)
         self._prune_parents(entry.parent)
         log.info("removed unused module %s", entry.relative_to(self.store.root))
         return True

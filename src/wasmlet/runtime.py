@@ -180,6 +180,11 @@ class Runtime:
         write_atomic(target, bytes(module.serialize()))
         return target
 
+    def forget(self, cwasm: Path) -> None:
+        """Drop the loaded copy of ``cwasm`` (removed by garbage collection); running modules keep theirs."""
+        with self._lock:
+            self._ready.pop(cwasm, None)
+
     def start(self, spec: RunSpec, on_exit: Callable[[ExitStatus], None]) -> Execution:
         """Run ``spec`` on a new daemon thread; ``on_exit`` is called once, from that thread."""
         execution = Execution(self, spec, on_exit)

@@ -31,6 +31,7 @@ class World:
         self.used = 0
         self.images: set[str] = set()
         self.uids: set[str] = set()
+        self.forgotten: list[Path] = []
         self.gc = ImageGC(
             self.store,
             self.compiled,
@@ -39,6 +40,7 @@ class World:
             GCPolicy(high_threshold=85, low_threshold=80, min_age=120.0),
             clock=lambda: self.now,
             disk_usage=lambda _path: (self.capacity, self.used, self.capacity - self.used),
+            forget_compiled=self.forgotten.append,
         )
 
     def module(self, name: str, size: int) -> tuple[str, Path, Path]:
@@ -73,8 +75,8 @@ def test_below_the_high_threshold_no_module_is_removed(world: World) -> None:
 
 def test_over_the_high_threshold_least_recently_used_go_first_down_to_the_low_threshold(world: World) -> None:
     a, a_entry, a_compiled = world.module("a", 3 * MIB)
-    b, b_entry, _ = world.module("b", 3 * MIB)
-    c, c_entry, _ = world.module("c", 3 * MIB)
+    b, b_entry, b_compiled = world.module("b", 3 * MIB)
+    c, c_entry, c_compiled = world.module("c", 3 * MIB)
     world.images = {b}
     world.gc.collect()  # detected at t0; b used at t0
     world.now += 60
@@ -88,6 +90,7 @@ def test_over_the_high_threshold_least_recently_used_go_first_down_to_the_low_th
     assert report.modules_removed == [c_entry, b_entry]  # never used, then the oldest use
     assert a_entry.is_dir() and not c_entry.exists() and not b_entry.exists()
     assert a_compiled.exists()
+    assert world.forgotten == [c_compiled, b_compiled]  # the runtime lets go of their loaded copies
     assert not (world.store.root / "registry.test_5000" / "c").exists()  # empty parents pruned
     assert world.store.lookup(a) is not None and world.store.lookup(c) is None
 
@@ -137,6 +140,7 @@ def test_compiled_modules_without_their_module_go_once_old_enough(world: World) 
     world.now += 121
     assert world.gc.collect().compiled_removed == [orphan]
     assert kept.exists()
+    assert world.forgotten == [orphan]  # the runtime lets go of its loaded copy too
 
 
 def test_directories_of_pods_the_node_no_longer_knows_are_removed(world: World) -> None:

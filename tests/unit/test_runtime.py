@@ -540,3 +540,13 @@ def test_a_module_started_many_times_is_loaded_once(runtime: Runtime, tmp_path: 
         assert open_fds().count(str(module)) == 1
     finally:
         gc.enable()
+
+
+def test_a_forgotten_module_is_loaded_again_from_its_file(runtime: Runtime, tmp_path: Path) -> None:
+    """Garbage collection removes a .cwasm and tells the runtime, which lets go of its loaded copy."""
+    source = wasm_file(tmp_path, HELLO)
+    cached = runtime.precompile(source)
+    assert runtime._instance_pre(cached) is runtime._instance_pre(cached)
+    loaded = runtime._instance_pre(cached)
+    runtime.forget(cached)
+    assert runtime._instance_pre(cached) is not loaded
