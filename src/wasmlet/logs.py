@@ -381,38 +381,46 @@ class ContainerLogWriter:
         return fd
 
     def _rotate(self, rotation: LogRotation) -> bool:
-        """Rename the current file ``<name>.<timestamp>``, start a new one, delete the oldest."""
+        """Rename the current file ``<name>.<timestamp>``, delete the oldest, start a new one.
+
+        The oldest go before the new file is made, so there are never more than ``max_files``.
+        """
         now_us = max(self._clock() // 1000, self._rotated_us + 1)
         seconds, micros = divmod(now_us, 1_000_000)
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(seconds))
         rotated = self.path.with_name(f"{self.path.name}.{stamp}.{micros:06d}")
         try:
             os.rename(self.path, rotated)
-            try:
-                fd = self._open()
-            except OSError:
-                os.rename(rotated, self.path)  # keep appending where followers look
-                raise
         except OSError as exc:
-            if not self._rotate_failed:
-                self._rotate_failed = True
-                log.warning(
-                    "cannot rotate container log %s: %s; it grows past %d bytes until rotation works "
-                    "(check free space and permissions of the log directory)",
-                    self.path,
-                    exc,
-                    self._max_size,
-                )
+            self._rotation_failed(exc)
             return False
-        self._rotate_failed = False
         self._rotated_us = now_us
-        os.close(self._fd)
-        self._fd, self._size = fd, 0
         kept = rotation.max_files - 1  # the current file counts as one
         for old in _rotated_names(self.path)[:-kept]:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path.parent / old)
+        try:
+            fd = self._open()
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.rename(rotated, self.path)  # keep appending where followers look
+            self._rotation_failed(exc)
+            return False
+        self._rotate_failed = False
+        os.close(self._fd)
+        self._fd, self._size = fd, 0
         return True
+
+    def _rotation_failed(self, exc: OSError) -> None:
+        if not self._rotate_failed:
+            self._rotate_failed = True
+            log.warning(
+                "cannot rotate container log %s: %s; it grows past %d bytes until rotation works "
+                "(check free space and permissions of the log directory)",
+                self.path,
+                exc,
+                self._max_size,
+            )
 
     def _write(self, blob: bytes) -> None:
         if self._size + len(blob) <= self._max_size or self._rotation is None:  # the usual case

@@ -85,6 +85,26 @@ def test_a_file_never_passes_max_size_and_the_newest_max_files_are_kept(log_file
         assert rotated.stat().st_mode & 0o777 == logs.LOG_FILE_MODE
 
 
+def test_the_oldest_file_is_deleted_before_the_new_one_is_made(
+    log_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """So that there are never more than max_files, not even for a moment."""
+    rotation = LogRotation(max_size=256, max_files=3)
+    before_open: list[int] = []
+    original = ContainerLogWriter._open
+
+    def counting_open(writer: ContainerLogWriter) -> int:
+        before_open.append(len(list(writer.path.parent.iterdir())))
+        return original(writer)
+
+    monkeypatch.setattr(ContainerLogWriter, "_open", counting_open)
+    with ContainerLogWriter(log_file, clock=clock, rotation=rotation) as writer:
+        for i in range(200):
+            writer.write("stdout", b"line %d\n" % i)
+    assert len(before_open) > 10
+    assert max(before_open) == rotation.max_files - 1
+
+
 def test_a_record_longer_than_max_size_gets_a_file_of_its_own(log_file: Path) -> None:
     rotation = LogRotation(max_size=1024, max_files=5)
     with ContainerLogWriter(log_file, clock=clock, rotation=rotation) as writer:
