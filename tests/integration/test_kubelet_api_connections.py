@@ -82,7 +82,7 @@ def test_kubectl_logs_follows_through_the_apiserver_while_anonymous_connections_
 ) -> None:
     name = node_pods.create(unique("hello"), push_wat(registry, "hello_loop", tmp_path))
     node_pods.wait_state(name, "running")
-    squatters = [socket.create_connection((NODE_IP, node.port), timeout=15) for _ in range(CAP)]
+    squatters = [socket.create_connection((NODE_IP, node.port), timeout=15) for _squatter in range(CAP)]
     try:
         creds = kubeconfig.load(cluster.admin_kubeconfig)
         with (

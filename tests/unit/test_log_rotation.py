@@ -189,7 +189,7 @@ class Follower:
             self._done.set()
 
     def take(self, count: int, timeout: float = 20.0) -> list[str]:
-        return [self.lines.get(timeout=timeout) for _ in range(count)]
+        return [self.lines.get(timeout=timeout) for _line in range(count)]
 
     def join(self, timeout: float = 20.0) -> list[str]:
         """Everything printed after the container finished."""

@@ -312,7 +312,7 @@ def test_connections_beyond_the_cap_close_the_oldest_that_made_no_authorized_req
 ) -> None:
     node = start(max_connections=3, header_timeout=30)
     idle = []
-    for _ in range(6):  # one after another, so the server accepts them in this order
+    for _client in range(6):  # one after another, so the server accepts them in this order
         idle.append(node.tcp())
         _wait_for(
             "the server to count the connection", lambda: len(node.server.connections) == min(len(idle), 3)
