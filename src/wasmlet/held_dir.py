@@ -50,9 +50,7 @@ class HeldDir:
         return f"HeldDir({str(self.path)!r}, fd={self.fd})"
 
 
-def open_beneath(
-    base: Path, relative: PurePath | str = "", *, create_mode: int | None = None
-) -> HeldDir:
+def open_beneath(base: Path, relative: PurePath | str = "", *, create_mode: int | None = None) -> HeldDir:
     """Open ``base/relative`` without following any symlink below ``base``.
 
     ``base`` is trusted (a directory of the node's own, or a host path already checked); it is
