@@ -318,6 +318,22 @@ class Pods:
         )["items"]
         return items
 
+    def wait_event(
+        self, name: str, reason: str | None = None, message: str | None = None, timeout: float = 30
+    ) -> dict[str, Any]:
+        """The first event of pod ``name`` with this reason and/or message. Nodes post events in
+        the background (as the kubelet does), so one may arrive after the status it explains."""
+
+        def probe() -> dict[str, Any] | None:
+            for event in self.events(name):
+                if (reason is None or event["reason"] == reason) and (
+                    message is None or event["message"] == message
+                ):
+                    return event
+            return None
+
+        return wait_for(f"an event {reason or ''} {message or ''} of pod {name}", probe, timeout=timeout)
+
     def logs(self, name: str, **params: str) -> str:
         status, body = self.admin.raw("GET", f"{self.path}/pods/{name}/log", params=params)
         assert status == 200, body

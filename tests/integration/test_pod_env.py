@@ -122,7 +122,7 @@ def test_missing_configmap_holds_the_container_until_it_appears(
     pods.create(name, push_wat(registry, "printenv", tmp_path), container, restartPolicy="Never")
     waiting = pods.wait_state(name, "waiting", "CreateContainerConfigError")
     assert waiting["message"] == f'configmap "{cm}" not found'
-    assert f'Error: configmap "{cm}" not found' in [e["message"] for e in pods.events(name)]
+    pods.wait_event(name, "Failed", f'Error: configmap "{cm}" not found')
     assert pods.get(name)["status"]["phase"] == "Pending"
     configmap(admin, objects, cm, {"value": "arrived"})
     assert printed_env(pods, name) == {"LATE": "arrived"}

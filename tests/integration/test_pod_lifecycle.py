@@ -252,8 +252,7 @@ def test_a_module_that_cannot_run_is_a_create_container_error(
     waiting = pods.wait_state(name, "waiting", "CreateContainerError")
     assert cause in waiting["message"]
     assert pods.get(name)["status"]["phase"] == "Pending"
-    failed = f"Error: {waiting['message']}"  # events are posted in the background, as the kubelet's
-    wait_for("the Failed event", lambda: failed in [e["message"] for e in pods.events(name)], timeout=30)
+    pods.wait_event(name, "Failed", f"Error: {waiting['message']}")
 
 
 def test_a_module_whose_initial_memory_exceeds_its_limit_is_oomkilled_without_running(

@@ -329,8 +329,7 @@ def test_a_host_path_the_node_does_not_allow_fails_the_pod_naming_the_field_and_
     assert status["reason"] == "HostPathNotAllowed"
     assert status["message"].startswith(f"Pod was rejected: spec.volumes[0].hostPath.path: {path} ")
     assert "--allowed-host-paths" in status["message"] or "node's state" in status["message"]
-    events = [e for e in host_path_pods.events(name) if e["reason"] == "HostPathNotAllowed"]
-    assert events and events[0]["type"] == "Warning"
+    assert host_path_pods.wait_event(name, "HostPathNotAllowed")["type"] == "Warning"
     assert not (host_path_pods.node.data_dir / "pods" / host_path_pods.get(name)["metadata"]["uid"]).exists()
 
 

@@ -52,9 +52,8 @@ def test_seed_story_hello_world_runs_and_kubectl_logs_shows_it(
             assert line == "Hello, World!"
             break
         assert time.monotonic() - start < 5
-    reasons = [e["reason"] for e in pods.events(name)]
     for reason in ("Pulling", "Pulled", "Created", "Started"):
-        assert reason in reasons
+        pods.wait_event(name, reason)
 
 
 def test_module_exit_code_is_reported(pods: Pods, registry: Registry, tmp_path: Path) -> None:
@@ -112,7 +111,7 @@ def test_missing_tag_gives_err_image_pull_then_back_off(pods: Pods, registry: Re
     assert registry.host in waiting["message"]
     back_off = pods.wait_state(name, "waiting", "ImagePullBackOff", timeout=40)
     assert image in back_off["message"]
-    assert "Failed" in [e["reason"] for e in pods.events(name)]
+    pods.wait_event(name, "Failed")
 
 
 @pytest.mark.parametrize(
@@ -138,7 +137,7 @@ def test_deleting_a_running_module_finishes_within_the_grace_period(
 
     wait_for(f"pod {name} to disappear", gone, timeout=15)
     assert time.monotonic() - start < grace + 2
-    assert "Killing" in [e["reason"] for e in pods.events(name)]
+    pods.wait_event(name, "Killing")
 
 
 def test_killed_wasmlet_runs_its_pods_again_with_restart_counts_and_old_logs(
