@@ -1,11 +1,14 @@
 """A pod's faults stay in the pod, on a real node: a module that opens files without end gets
 "too many open files" at its own cap while its neighbours keep running, ``kubectl logs`` keeps
-answering and the Lease is renewed; a module with no memory limit is stopped at the node's default."""
+answering and the Lease is renewed; a module with no memory limit is stopped at the node's default;
+a module racing its siblings' subPath mounts never gets them the host's files."""
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from pathlib import Path
+from typing import Any
 
 from helpers import Pods, Registry, push_wat, unique, wait_for
 
@@ -56,3 +59,57 @@ def test_a_module_with_no_memory_limit_is_oomkilled_at_the_nodes_default(
     pods.create(name, push_wat(registry, "grow", tmp_path), restartPolicy="Never")
     terminated = pods.wait_state(name, "terminated", timeout=90)
     assert terminated["reason"] == "OOMKilled", terminated
+
+
+READERS = 8  # subPath mounts per pod, made while the flipper runs
+RACES = 3  # pods
+INSIDE = "/d/etc/hostname: inside"
+
+
+def _container(name: str, image: str, *args: str, mount: dict[str, str]) -> dict[str, Any]:
+    return {"name": name, "image": image, "args": list(args), "volumeMounts": [{"name": "shared", **mount}]}
+
+
+def _readers_done(pods: Pods, name: str) -> dict[str, dict[str, Any]] | None:
+    """Each reader's state once every reader has ended or been refused its mount, else None."""
+    statuses = pods.get(name).get("status", {}).get("containerStatuses") or []
+    states = {s["name"]: s.get("state", {}) for s in statuses if s["name"].startswith("reader-")}
+    refused = {"CreateContainerConfigError"}
+    done = all("terminated" in st or st.get("waiting", {}).get("reason") in refused for st in states.values())
+    return states if len(states) == READERS and done else None
+
+
+def test_a_module_flipping_a_sub_path_to_a_symlink_never_shows_its_siblings_the_host(
+    pods: Pods, fsprobe: str
+) -> None:
+    """Seen by an attacker (CVE-2017-1002101's class): a container swapping directory ``d`` of a
+    shared emptyDir for a symlink to the host's ``/`` made 1-2 of 10 sibling containers with
+    ``subPath: d`` read the host's /etc/hostname. Every reader must read the volume's own file."""
+    host_name = Path("/etc/hostname").read_text().strip()
+    whole, sub_path = {"mountPath": "/shared"}, {"mountPath": "/d", "subPath": "d"}
+    names = []
+    for _race in range(RACES):
+        flipper = _container("flip", fsprobe, "flip", "/shared/d", mount=whole)
+        flipper["resources"] = {"limits": {"cpu": "300m"}}  # it spins: leave the node a core
+        readers = [
+            _container(f"reader-{i}", fsprobe, "cat", "/d/etc/hostname", mount=sub_path)
+            for i in range(READERS)
+        ]
+        names.append(
+            pods.create(
+                unique("race"),
+                fsprobe,
+                restartPolicy="Never",
+                volumes=[{"name": "shared", "emptyDir": {}}],
+                initContainers=[_container("plant", fsprobe, "plant", "/shared/d", mount=whole)],
+                containers=[flipper, *readers],
+            )
+        )
+    read: list[str] = []
+    for name in names:
+        states = wait_for(f"the readers of {name}", functools.partial(_readers_done, pods, name), timeout=120)
+        assert pods.logs(name, container="flip") == "flipping\n"  # the race was on
+        read += [pods.logs(name, container=c).strip() for c, state in states.items() if "terminated" in state]
+    escaped = [line for line in read if line != INSIDE and ": error: " not in line]
+    assert not escaped, f"a reader saw outside its volume (the host is {host_name!r}): {escaped}"
+    assert INSIDE in read  # mounts were made while it flipped

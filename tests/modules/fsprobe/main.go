@@ -6,6 +6,9 @@
 //	fsprobe size PATH          print "PATH: N bytes" (for files whose content is secret)
 //	fsprobe watch PATH         print the file's content whenever it changes, forever
 //	fsprobe fill PATH BYTES    write BYTES zero bytes to PATH, print "filled PATH", then sleep forever
+//	fsprobe plant DIR          create DIR/etc/hostname holding "inside"
+//	fsprobe flip DIR           print "flipping", then swap DIR for a symlink to the host's / and back,
+//	                           forever, as fast as it can (the subPath race of CVE-2017-1002101)
 //	fsprobe hold PATH N        open PATH (created) N times without closing, print "held K: ERROR"
 //	                           (or "held N") and how far it got, then sleep forever
 package main
@@ -15,6 +18,7 @@ import (
 	"os"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -87,6 +91,28 @@ func main() {
 		fmt.Printf("filled %s\n", args[0])
 		for {
 			time.Sleep(time.Hour)
+		}
+	case "plant":
+		err := os.MkdirAll(args[0]+"/etc", 0o755)
+		if err == nil {
+			err = os.WriteFile(args[0]+"/etc/hostname", []byte("inside"), 0o644)
+		}
+		if err != nil {
+			fmt.Printf("%s: error: %v\n", args[0], err)
+			os.Exit(1)
+		}
+		fmt.Printf("planted %s\n", args[0])
+	case "flip":
+		dir, escape := args[0], strings.Repeat("../", 64) // relative: WASI refuses absolute targets
+		fmt.Println("flipping")
+		for {
+			if os.Rename(dir, dir+".real") != nil {
+				continue
+			}
+			if os.Symlink(escape, dir) == nil {
+				os.Remove(dir)
+			}
+			os.Rename(dir+".real", dir)
 		}
 	case "hold":
 		count, err := strconv.Atoi(args[1])
