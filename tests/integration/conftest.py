@@ -19,9 +19,9 @@ from helpers import (
     Cluster,
     Pods,
     Registry,
-    delete_quietly,
     joined_node,
     run_playbook,
+    tracked_pods,
     unique,
 )
 from wasmlet_proc import WasmletNode
@@ -92,10 +92,7 @@ def wasm_node(
 
 @pytest.fixture
 def pods(admin: Client, wasm_node: WasmletNode) -> Iterator[Pods]:
-    p = Pods(admin, wasm_node)
-    yield p
-    for name in p.created:
-        delete_quietly(admin, f"{p.path}/pods/{name}?gracePeriodSeconds=0")
+    yield from tracked_pods(admin, wasm_node)
 
 
 HOST_PATH_NAMESPACE = "wasmlet-host-paths"
@@ -116,10 +113,7 @@ def host_path_pods(admin: Client, wasm_node: WasmletNode) -> Iterator[Pods]:
     except ApiError as exc:
         if exc.status != 409:
             raise
-    p = Pods(admin, wasm_node, HOST_PATH_NAMESPACE)
-    yield p
-    for name in p.created:
-        delete_quietly(admin, f"{p.path}/pods/{name}?gracePeriodSeconds=0")
+    yield from tracked_pods(admin, wasm_node, HOST_PATH_NAMESPACE)
 
 
 @pytest.fixture(scope="session")

@@ -340,6 +340,14 @@ class Pods:
         return body.decode()
 
 
+def tracked_pods(admin: Client, node: WasmletNode, namespace: str = "default") -> Iterator[Pods]:
+    """Pods for a fixture to yield from: the pods a test created are deleted after it."""
+    pods = Pods(admin, node, namespace)
+    yield pods
+    for name in pods.created:
+        delete_quietly(admin, f"{pods.path}/pods/{name}?gracePeriodSeconds=0")
+
+
 @contextlib.contextmanager
 def joined_node(admin: Client, tmp_path: Path, name: str, ip: str, *extra: str) -> Iterator[WasmletNode]:
     """A real wasmlet node on ``ip``:10250, Ready, its serving CSR approved and the kubelet API up."""

@@ -14,7 +14,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import Cluster, Pods, Registry, delete_quietly, joined_node, push_wat, unique, wait_for
+from helpers import (
+    Cluster,
+    Pods,
+    Registry,
+    joined_node,
+    push_wat,
+    tracked_pods,
+    unique,
+    wait_for,
+)
 from wasmlet_proc import WasmletNode
 
 from wasmlet import kubeconfig
@@ -40,10 +49,7 @@ def node(
 
 @pytest.fixture
 def node_pods(admin: Client, node: WasmletNode) -> Iterator[Pods]:
-    p = Pods(admin, node)
-    yield p
-    for name in p.created:
-        delete_quietly(admin, f"/api/v1/namespaces/default/pods/{name}?gracePeriodSeconds=0")
+    yield from tracked_pods(admin, node)
 
 
 def _peer(sock: socket.socket) -> str:

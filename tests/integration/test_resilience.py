@@ -21,11 +21,11 @@ from helpers import (
     Cluster,
     Pods,
     Registry,
-    delete_quietly,
     joined_node,
     node_ready,
     push_wat,
     run_playbook,
+    tracked_pods,
     unique,
     wait_for,
 )
@@ -56,10 +56,7 @@ def node(
 
 @pytest.fixture
 def node_pods(admin: Client, node: WasmletNode) -> Iterator[Pods]:
-    p = Pods(admin, node)
-    yield p
-    for name in p.created:
-        delete_quietly(admin, f"/api/v1/namespaces/default/pods/{name}?gracePeriodSeconds=0")
+    yield from tracked_pods(admin, node)
 
 
 def lease_renewed(admin: Client, node: str, after: dt.datetime) -> str | None:
