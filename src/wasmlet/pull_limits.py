@@ -207,20 +207,20 @@ def _shut_down(connection: Any) -> None:
 
 class _WatchedHTTPConnectionPool(urllib3.connectionpool.HTTPConnectionPool):
     def _get_conn(self, timeout: float | None = None) -> BaseHTTPConnection:
-        connection = super()._get_conn(timeout)
-        deadline = current()
-        if deadline is not None:
-            deadline.watch(connection)
-        return connection
+        return _watched(super()._get_conn(timeout))
 
 
 class _WatchedHTTPSConnectionPool(urllib3.connectionpool.HTTPSConnectionPool):
     def _get_conn(self, timeout: float | None = None) -> BaseHTTPConnection:
-        connection = super()._get_conn(timeout)
-        deadline = current()
-        if deadline is not None:
-            deadline.watch(connection)
-        return connection
+        return _watched(super()._get_conn(timeout))
+
+
+def _watched(connection: BaseHTTPConnection) -> BaseHTTPConnection:
+    """``connection``, shut down by the current pull's deadline if there is one."""
+    deadline = current()
+    if deadline is not None:
+        deadline.watch(connection)
+    return connection
 
 
 def watch_connections(session: requests.Session) -> None:
