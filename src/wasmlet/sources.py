@@ -5,6 +5,11 @@ ConfigMaps and Secrets of pods bound to it, and request tokens only for the serv
 those pods, bound to the pod. A missing object is ``None`` (the caller decides whether that is
 an error), any other failure is an :class:`~wasmlet.podspec.EnvError` worded like kubelet's.
 
+The authorizer learns that a pod is bound to this node from its own watch, which may lag the
+node's: for a moment after binding, a read is refused with "no relationship found between node".
+The kubelet reports that as a failed mount and tries again later; we wait for the graph for up to
+:data:`GRAPH_LAG_SECONDS` first, so the first event a user sees names the real cause.
+
 Reads are cached for :data:`CACHE_TTL` seconds, as kubelet's TTL-based ConfigMap and Secret
 managers do: every pod mounts ``kube-root-ca.crt`` through its service account volume, and a
 thousand pods refreshing their volumes each minute then cost one GET, not a thousand.
@@ -24,17 +29,32 @@ from wasmlet.kubeapi import ApiError, Client
 from wasmlet.podspec import EnvError, utf8
 
 CACHE_TTL = 10.0
+GRAPH_LAG_SECONDS = 3.0
+_GRAPH_LAG = "no relationship found between node"
+
+
+def _graph_lags(exc: ApiError) -> bool:
+    """The Node authorizer refused because its graph has not seen the pod's binding yet."""
+    return exc.status == 403 and _GRAPH_LAG in str(exc)
 
 
 class ApiSources:
     """:class:`wasmlet.podspec.Sources` and :class:`wasmlet.volumes.VolumeSources` backed by the apiserver."""
 
     def __init__(
-        self, client: Client, *, ttl: float = CACHE_TTL, clock: Callable[[], float] = time.monotonic
+        self,
+        client: Client,
+        *,
+        ttl: float = CACHE_TTL,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        graph_lag: float = GRAPH_LAG_SECONDS,
     ) -> None:
         self.client = client
         self.ttl = ttl
         self.clock = clock
+        self.sleep = sleep
+        self.graph_lag = graph_lag
         self._cache: dict[tuple[str, str, str], tuple[float, Mapping[str, Any] | None]] = {}
         self._lock = threading.Lock()
 
@@ -52,9 +72,23 @@ class ApiSources:
             self._cache[key] = (now, obj)
         return obj
 
+    def _patiently(self, call: Callable[[], Any]) -> Any:
+        """``call()``, tried again while the Node authorizer's graph lags (see the module doc)."""
+        waited, pause = 0.0, 0.1
+        while True:
+            try:
+                return call()
+            except ApiError as exc:
+                if not _graph_lags(exc) or waited >= self.graph_lag:
+                    raise
+            self.sleep(pause)
+            waited += pause
+            pause = min(pause * 2, 1.0)
+
     def _fetch(self, kind: str, namespace: str, name: str) -> Mapping[str, Any] | None:
+        path = f"/api/v1/namespaces/{namespace}/{kind}s/{name}"
         try:
-            obj = self.client.get(f"/api/v1/namespaces/{namespace}/{kind}s/{name}")
+            obj = self._patiently(lambda: self.client.get(path))
         except ApiError as exc:
             if exc.status == 404:
                 return None
@@ -118,7 +152,7 @@ class ApiSources:
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
         path = f"/api/v1/namespaces/{namespace}/serviceaccounts/{service_account}/token"
         try:
-            answer = self.client.post(path, body)
+            answer = self._patiently(lambda: self.client.post(path, body))
         except ApiError as exc:
             message = exc.body.get("message") if isinstance(exc.body, dict) else None
             raise EnvError(f"failed to fetch token: {message or exc}") from exc

@@ -1243,6 +1243,53 @@ def test_api_sources_token_failures_never_show_a_token(answer: Any, message: str
     assert "jwt" not in str(info.value)
 
 
+class LaggingGraph(FakeClient):
+    """The Node authorizer refuses the first ``lagging`` requests: its graph has not seen the pod."""
+
+    def __init__(self, answers: Mapping[str, Any], lagging: int) -> None:
+        super().__init__(answers)
+        self.lagging = lagging
+        self.calls = 0
+
+    def _answer(self, method: str, path: str) -> Any:
+        self.calls += 1
+        if self.calls <= self.lagging:
+            message = "forbidden: no relationship found between node 'n1' and this object"
+            raise ApiError(method, path, 403, {"message": message})
+        return super()._answer(method, path)
+
+
+def test_api_sources_wait_while_the_node_authorizer_graph_lags() -> None:
+    """After a bind the authorizer may refuse a moment longer; the first answer users see is the real one."""
+    naps: list[float] = []
+    client = LaggingGraph({}, lagging=3)
+    sources = ApiSources(cast(Client, client), sleep=naps.append)
+    assert sources.configmap_files("shop", "cfg") is None  # not found, not "forbidden"
+    assert client.calls == 4 and naps == [0.1, 0.2, 0.4]
+
+    token_path = "/api/v1/namespaces/shop/serviceaccounts/robot/token"
+    answer = {"status": {"token": "jwt", "expirationTimestamp": "2030-01-01T00:00:00Z"}}
+    client = LaggingGraph({token_path: answer}, lagging=1)
+    sources = ApiSources(cast(Client, client), sleep=naps.append)
+    token, _ = sources.token("shop", "robot", pod_name="w", pod_uid="u", audience="", expiration_seconds=600)
+    assert token == "jwt"
+
+
+def test_api_sources_give_up_on_a_graph_that_never_learns() -> None:
+    naps: list[float] = []
+    sources = ApiSources(cast(Client, LaggingGraph({}, lagging=1000)), sleep=naps.append, graph_lag=3.0)
+    with pytest.raises(EnvError, match="no relationship found"):
+        sources.configmap_files("shop", "cfg")
+    assert naps == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]  # 3 s of waiting, then one last try
+    refusal = ApiError("GET", "/x", 403, {"message": "no"})
+    client = FakeClient({"/api/v1/namespaces/shop/secrets/s": refusal})
+    denied = ApiSources(cast(Client, client), sleep=naps.append)
+    naps.clear()
+    with pytest.raises(EnvError, match="403 no"):
+        denied.secret("shop", "s")
+    assert naps == []  # any other refusal is final
+
+
 # --- properties: any spec gives preopens inside the pod's volumes, or a VolumeError -------------
 
 JSON_LEAVES = st.one_of(
