@@ -33,12 +33,24 @@ def _quantity(value: object, where: str) -> Decimal:
         raise ValueError(f"{where}: {exc}") from exc
 
 
-def _container_requests(container: Mapping[str, Any]) -> dict[str, Decimal]:
+def container_requests(container: Mapping[str, Any]) -> dict[str, Decimal]:
     resources = container.get("resources") or {}
     # A limit without a request requests the limit (the apiserver defaults it the same way).
     merged = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
     name = container.get("name", "?")
     return {r: _quantity(merged[r], f"container {name} {r}") for r in ADMITTED if r in merged}
+
+
+def best_effort(pod: Mapping[str, Any]) -> bool:
+    """The BestEffort QoS class: no container asks for or is limited in cpu or memory."""
+    spec = pod.get("spec") or {}
+    containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
+    return not any(
+        (c.get("resources") or {}).get(kind, {}).get(name)
+        for c in containers
+        for kind in ("requests", "limits")
+        for name in ADMITTED
+    )
 
 
 def pod_requests(pod: Mapping[str, Any]) -> dict[str, Decimal]:
@@ -47,10 +59,10 @@ def pod_requests(pod: Mapping[str, Any]) -> dict[str, Decimal]:
     spec = pod.get("spec") or {}
     total = dict.fromkeys(ADMITTED, Decimal(0))
     for container in spec.get("containers") or []:
-        for name, value in _container_requests(container).items():
+        for name, value in container_requests(container).items():
             total[name] += value
     for container in spec.get("initContainers") or []:
-        for name, value in _container_requests(container).items():
+        for name, value in container_requests(container).items():
             total[name] = max(total[name], value)
     for name, value in (spec.get("overhead") or {}).items():
         if name in total:

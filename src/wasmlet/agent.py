@@ -9,7 +9,7 @@ import threading
 from types import FrameType
 from typing import Any
 
-from wasmlet import image_gc, kubeconfig
+from wasmlet import eviction, image_gc, kubeconfig
 from wasmlet.bootstrap import Bootstrapper
 from wasmlet.config import NodeConfig
 from wasmlet.connections import ConnectionLimits
@@ -79,7 +79,8 @@ class Agent:
         self.bootstrapper.ensure_client(self.stop)
         client = Client.from_kubeconfig(config.kubeconfig)
         self.clients.append(client)
-        node = NodeAgent(config, client)
+        pressure = eviction.Pressure()
+        node = NodeAgent(config, client, pressure)
         node.register()
         node.renew_lease()
         self._spawn(f"heartbeat:{config.node_name}", node.run, self.stop)
@@ -93,8 +94,17 @@ class Agent:
         self.runtime = Runtime(config.data_dir / "cache" / "compiled", open_files_budget=budget)
         pod_client = Client.from_kubeconfig(config.kubeconfig)
         self.clients.append(pod_client)
-        self.pods = PodController(config, pod_client, self.runtime)
+        self.pods = PodController(config, pod_client, self.runtime, pressure)
         self.pods.start()
+        evictions = eviction.EvictionManager(
+            config.eviction_hard,
+            usage=self.pods.memory_usage,
+            evict=self.pods.evict,
+            gone=self.pods.released,
+            pressure=pressure,
+            transition=config.eviction_pressure_transition_period,
+        )
+        self._spawn("eviction", evictions.run, self.stop)
         gc = image_gc.ImageGC(
             self.pods.store,
             config.data_dir / "cache" / "compiled",

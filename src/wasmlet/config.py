@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from wasmlet import __version__, events, logs, paths, pull_limits, pulls
+from wasmlet import __version__, events, eviction, logs, paths, pull_limits, pulls
 from wasmlet.connections import MAX_CONNECTIONS
 from wasmlet.quantity import parse_quantity
 
@@ -66,6 +66,9 @@ class NodeConfig:
     image_gc_low_threshold: int = 80  # kubelet's: disk usage (%) GC frees down to
     image_minimum_gc_age: float = 120.0  # kubelet's: seconds a module is kept after it is first seen
     max_api_connections: int = MAX_CONNECTIONS  # kubelet API connections open at once
+    # kubelet's: below this memory.available, report MemoryPressure and evict pods one by one
+    eviction_hard: eviction.Threshold = eviction.DEFAULT_THRESHOLD
+    eviction_pressure_transition_period: float = eviction.DEFAULT_PRESSURE_TRANSITION  # seconds
 
     @property
     def config_dir(self) -> Path:
@@ -115,6 +118,16 @@ _OPTIONS: list[tuple[str, str, str]] = [
     ("image-gc-low-threshold", "int", "disk usage percent module GC frees down to (default: 80)"),
     ("image-minimum-gc-age", "str", "a module is never removed sooner after it is first seen (default: 2m)"),
     ("max-api-connections", "int", "kubelet API connections open at once (default: 500)"),
+    (
+        "eviction-hard",
+        "str",
+        "evict pods while memory is below this, kubelet syntax (default: memory.available<100Mi)",
+    ),
+    (
+        "eviction-pressure-transition-period",
+        "str",
+        "how long MemoryPressure stays after memory is back above the threshold (default: 5m)",
+    ),
 ]
 
 
@@ -241,6 +254,13 @@ def _as_size(option: str, value: object) -> int:
     return int(size)
 
 
+def _as_eviction_hard(value: object) -> eviction.Threshold:
+    try:
+        return eviction.parse_eviction_hard(str(value))
+    except ValueError as exc:
+        raise ConfigError(f"--eviction-hard: {exc}") from None
+
+
 def default_node_ip(hostname: str) -> str:
     """The host's primary address: what its hostname resolves to, skipping loopback when possible."""
     try:
@@ -362,5 +382,9 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         image_minimum_gc_age=_as_duration("image-minimum-gc-age", merged.get("image-minimum-gc-age", "2m")),
         max_api_connections=_as_int(
             "max-api-connections", merged.get("max-api-connections", MAX_CONNECTIONS), 1, 100000
+        ),
+        eviction_hard=_as_eviction_hard(merged.get("eviction-hard", eviction.DEFAULT_EVICTION_HARD)),
+        eviction_pressure_transition_period=_as_duration(
+            "eviction-pressure-transition-period", merged.get("eviction-pressure-transition-period", "5m")
         ),
     )

@@ -17,9 +17,10 @@ from typing import Any
 
 import wasmtime
 
-from wasmlet import __version__
+from wasmlet import __version__, eviction, memory_stats
 from wasmlet.config import NodeConfig
 from wasmlet.kubeapi import ApiError, Client, timestamp
+from wasmlet.quantity import parse_quantity
 
 log = logging.getLogger(__name__)
 
@@ -55,22 +56,23 @@ def labels(config: NodeConfig) -> dict[str, str]:
     }
 
 
-def _meminfo_kib() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1])
-    return 0
-
-
 def capacity(config: NodeConfig) -> dict[str, str]:
+    """The host's, except memory: the node's memory cgroup limit when that is smaller."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
     fs = os.statvfs(config.data_dir)
     return {
         "cpu": str(os.cpu_count() or 1),
-        "memory": f"{_meminfo_kib()}Ki",
+        "memory": f"{memory_stats.observe().capacity // 1024}Ki",
         "ephemeral-storage": f"{fs.f_blocks * fs.f_frsize // 1024}Ki",
         "pods": str(config.max_pods),
     }
+
+
+def allocatable(config: NodeConfig, cap: dict[str, str]) -> dict[str, str]:
+    """Capacity less the hard eviction threshold for memory, as the kubelet computes it."""
+    memory = int(parse_quantity(cap["memory"]))
+    left = max(memory - config.eviction_hard.of(memory), 0)
+    return {**cap, "memory": f"{left // 1024}Ki"}
 
 
 def _read(path: str) -> str:
@@ -104,7 +106,9 @@ def _micro_now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def conditions(ready: bool = True, message: str = "wasmlet is posting ready status") -> list[dict[str, str]]:
+def conditions(
+    ready: bool = True, message: str = "wasmlet is posting ready status", memory_pressure: bool = False
+) -> list[dict[str, str]]:
     now = timestamp()
 
     def cond(kind: str, status: str, reason: str, text: str) -> dict[str, str]:
@@ -117,22 +121,25 @@ def conditions(ready: bool = True, message: str = "wasmlet is posting ready stat
             "lastTransitionTime": now,
         }
 
+    memory = (
+        ("True", "KubeletHasInsufficientMemory", "wasmlet has insufficient memory available")
+        if memory_pressure
+        else ("False", "KubeletHasSufficientMemory", "wasmlet has sufficient memory available")
+    )
     return [
-        cond(
-            "MemoryPressure", "False", "KubeletHasSufficientMemory", "wasmlet has sufficient memory available"
-        ),
+        cond("MemoryPressure", *memory),
         cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "wasmlet has no disk pressure"),
         cond("PIDPressure", "False", "KubeletHasSufficientPID", "wasmlet has sufficient PID available"),
         cond("Ready", "True" if ready else "False", "KubeletReady" if ready else "KubeletNotReady", message),
     ]
 
 
-def node_status(config: NodeConfig) -> dict[str, Any]:
+def node_status(config: NodeConfig, memory_pressure: bool = False) -> dict[str, Any]:
     cap = capacity(config)
     return {
         "capacity": cap,
-        "allocatable": cap,
-        "conditions": conditions(),
+        "allocatable": allocatable(config, cap),
+        "conditions": conditions(memory_pressure=memory_pressure),
         "addresses": [
             {"type": "InternalIP", "address": config.node_ip},
             {"type": "Hostname", "address": config.hostname.lower()},
@@ -159,11 +166,13 @@ def _has_wasm_taints(node: dict[str, Any]) -> bool:
 class NodeAgent:
     """Registers the Node, keeps its status and Lease fresh."""
 
-    def __init__(self, config: NodeConfig, client: Client) -> None:
+    def __init__(self, config: NodeConfig, client: Client, pressure: eviction.Pressure | None = None) -> None:
         self.config = config
         self.client = client
         self.path = f"/api/v1/nodes/{config.node_name}"
         self.uid = ""
+        self.pressure = pressure or eviction.Pressure()
+        self._reported_pressure = False
 
     def register(self) -> None:
         """Create the Node, or bring an existing one's labels and taints up to date."""
@@ -202,7 +211,10 @@ class NodeAgent:
         log.info("node %s already registered; labels refreshed", self.config.node_name)
 
     def report_status(self) -> None:
-        self.client.patch(f"{self.path}/status", {"status": node_status(self.config)}, "strategic-merge")
+        pressure = self.pressure.memory
+        status = node_status(self.config, memory_pressure=pressure)
+        self.client.patch(f"{self.path}/status", {"status": status}, "strategic-merge")
+        self._reported_pressure = pressure
 
     def renew_lease(self) -> None:
         name = self.config.node_name
@@ -225,13 +237,14 @@ class NodeAgent:
             )
 
     def run(self, stop: threading.Event) -> None:
-        """Renew the Lease every 10 s and the status every minute, until ``stop``."""
+        """Renew the Lease every 10 s and the status every minute or when pressure changes, until ``stop``."""
         last_status = 0.0
         elapsed = 0.0
         while not stop.is_set():
             try:
                 self.renew_lease()
-                if elapsed - last_status >= STATUS_INTERVAL:
+                due = elapsed - last_status >= STATUS_INTERVAL
+                if due or self.pressure.memory != self._reported_pressure:
                     self.report_status()
                     last_status = elapsed
             except (ApiError, OSError) as exc:

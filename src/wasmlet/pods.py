@@ -25,7 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wasmlet import admission, host_paths, image_gc, logs, node, oci, paths, podspec, pulls
+from wasmlet import (
+    admission,
+    eviction,
+    host_paths,
+    image_gc,
+    logs,
+    memory_stats,
+    node,
+    oci,
+    paths,
+    podspec,
+    pulls,
+)
 from wasmlet.admission import Rejection
 from wasmlet.config import NodeConfig
 from wasmlet.events import EventRecorder
@@ -113,6 +125,8 @@ class PodRun:
     mount_retry: float = 0.0
     next_volume_check: float = 0.0  # monotonic time of the next refresh or eviction check
     rejection: Rejection | None = None  # why the pod failed as a whole (refused, deadline, not wasm)
+    evicted_for: str | None = None  # the eviction manager's message, until the sync evicts the pod
+    disrupted: bool = False  # evicted for node pressure: the pod gets the DisruptionTarget condition
 
     @property
     def uid(self) -> str:
@@ -132,7 +146,13 @@ def _should_restart(policy: str, exit_code: int) -> bool:
 
 
 class PodController:
-    def __init__(self, config: NodeConfig, client: Client, runtime: Runtime) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        client: Client,
+        runtime: Runtime,
+        pressure: eviction.Pressure | None = None,
+    ) -> None:
         self.config = config
         self.client = client
         self.runtime = runtime
@@ -149,7 +169,8 @@ class PodController:
         self.events = EventRecorder(
             client, "wasmlet", config.node_name, qps=config.event_qps, burst=config.event_burst
         )
-        self.allocatable = node.capacity(config)
+        self.allocatable = node.allocatable(config, node.capacity(config))
+        self.pressure = pressure or eviction.Pressure()
         # The node's own state is never a pod's hostPath, whatever --allowed-host-paths says.
         own = (config.data_dir, paths.cluster_dir(), config.kubeconfig.parent, config.cert_file.parent)
         self.host_paths = HostPathPolicy.of(config.allowed_host_paths, protected=own)
@@ -200,6 +221,36 @@ class PodController:
             runs = list(self.runs.values())
         images = {crun.image for run in runs for crun in run.all_containers()}
         return image_gc.InUse(images=images, pod_uids={run.uid for run in runs})
+
+    # -- what the eviction manager reads and asks for (from its own thread) ------------
+    def memory_usage(self) -> list[eviction.PodUsage]:
+        """Every running pod's linear memory, resident bytes per container."""
+        with self.lock:
+            runs = {k: r for k, r in self.runs.items() if r.rejection is None and r.evicted_for is None}
+        bases: dict[str, dict[str, int]] = {}
+        for key, run in runs.items():
+            running = {c.name: c.execution.memory_base for c in run.all_containers() if c.execution}
+            bases[key] = {name: base for name, base in running.items() if base is not None}
+        resident = memory_stats.resident_bytes(b for found in bases.values() for b in found.values())
+        return [
+            eviction.pod_usage(key, runs[key].pod, {name: resident[base] for name, base in found.items()})
+            for key, found in bases.items()
+            if found
+        ]
+
+    def evict(self, key: str, message: str) -> None:
+        with self.lock:
+            run = self.runs.get(key)
+            if run is None:
+                return
+            run.evicted_for = message
+        self.queue.add(key)
+
+    def released(self, key: str) -> bool:
+        """No module of the pod runs any more (its memory is back)."""
+        with self.lock:
+            run = self.runs.get(key)
+        return run is None or not any(c.running for c in run.all_containers())
 
     # -- watching ----------------------------------------------------------------------
     def start(self) -> None:
@@ -359,6 +410,9 @@ class PodController:
         if run.pod["metadata"].get("deletionTimestamp"):
             self._terminate(key, run)
             return
+        if run.evicted_for is not None and run.rejection is None and not run.finished:
+            run.disrupted = True
+            self._evict(run, run.evicted_for)
         if not run.finished and not run.admitted:
             self._admit(key, run)
         if not run.finished and run.rejection is None:
@@ -397,9 +451,7 @@ class PodController:
                 return False
         exceeded = volumes.usage_exceeded()
         if exceeded:
-            run.killing = True
-            self._reject(run, Rejection("Evicted", "; ".join(exceeded)))
-            self._stop_all(run, grace=0.0)
+            self._evict(run, "; ".join(exceeded))
             return False
         self._schedule_volume_check(key, run)
         return True
@@ -429,7 +481,7 @@ class PodController:
     def _admit(self, key: str, run: PodRun) -> None:
         """Take the pod or refuse it (Failed at once), as kubelet's admission handlers do."""
         with self.admission_lock:
-            rejection = admission.not_wasm(run.pod)
+            rejection = admission.not_wasm(run.pod) or eviction.admission_refusal(run.pod, self.pressure)
             refusal = self.host_paths.pod_refusal(run.pod)
             if rejection is None and refusal is not None:
                 rejection = Rejection(host_paths.REASON, refusal)
@@ -448,6 +500,12 @@ class PodController:
                 run.admitted = True
                 return
         self._reject(run, Rejection(rejection.reason, f"Pod was rejected: {rejection.message}"))
+
+    def _evict(self, run: PodRun, message: str) -> None:
+        """Kill every container now (no grace, as for a hard threshold) and fail the pod Evicted."""
+        run.killing = True
+        self._reject(run, Rejection(eviction.REASON, message))
+        self._stop_all(run, grace=0.0)
 
     def _reject(self, run: PodRun, rejection: Rejection) -> None:
         run.rejection = rejection
@@ -928,6 +986,9 @@ def pod_status(run: PodRun, node_ip: str) -> dict[str, Any]:
     }
     if init:
         status["initContainerStatuses"] = init
+    if run.disrupted and run.rejection is not None:
+        disruption = {**condition("DisruptionTarget", True, ""), "reason": "TerminationByKubelet"}
+        status["conditions"].append({**disruption, "message": run.rejection.message})
     if run.rejection is not None:
         status["reason"] = run.rejection.reason
         status["message"] = run.rejection.message

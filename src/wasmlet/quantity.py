@@ -100,3 +100,17 @@ def _coefficient(value: Decimal) -> tuple[int, int]:
     if not isinstance(exponent, int):
         raise ValueError(f"{value} is not finite")
     return int("".join(map(str, digits))), exponent
+
+
+def format_bytes(value: int) -> str:
+    """``value`` as Kubernetes prints a binary quantity: ``0``, ``1536``, ``100Mi``, ``51200Ki``.
+
+    The largest binary suffix that divides the value exactly, as ``resource.Quantity.String()``
+    canonicalizes a ``BinarySI`` amount (the kubelet's eviction messages print bytes this way).
+    """
+    suffix = ""
+    for name, bits in _BINARY_SI.items():
+        if value == 0 or value % (1 << bits):
+            break
+        suffix = name
+    return f"{value >> _BINARY_SI[suffix]}{suffix}" if suffix else str(value)

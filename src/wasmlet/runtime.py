@@ -299,6 +299,9 @@ class Execution:
         self._files = wasi_files.FileTable(spec.max_open_files, runtime._node_files, runtime._file_shadows)
         self._period_start = 0.0  # CFS-like quota accounting (cpu_limit only)
         self._period_cpu = 0.0
+        # Where the module's exported linear memory starts while it runs (wasmtime never moves a
+        # 32-bit memory): what memory_stats.resident_bytes measures it by. None before and after.
+        self.memory_base: int | None = None
 
     def stop(self, grace: float) -> None:
         """Kill the module now (WASI preview1 has no signal to ask it first); returns at once.
@@ -395,12 +398,17 @@ class Execution:
             reason = "OOMKilled" if refused or self._over_limit(_min_memory_bytes(ready.module)) else "Error"
             return EXIT_START_FAILED, reason, f"cannot start {spec.module}: {_cause(exc)}"
         exports = instance.exports(store)
-        exit_code, message = self._call_start(store, exports["_start"])
+        memory = exports.get("memory")
+        if isinstance(memory, wasmtime.Memory):
+            self.memory_base = ctypes.cast(memory.data_ptr(store), ctypes.c_void_p).value
+        try:
+            exit_code, message = self._call_start(store, exports["_start"])
+        finally:
+            self.memory_base = None
         if self._stopping.is_set():
             return EXIT_KILLED, "Killed", "killed: stop requested"
         if exit_code == 0:
             return 0, "Completed", ""
-        memory = exports.get("memory")
         if isinstance(memory, wasmtime.Memory) and self._over_limit(memory.data_len(store) + self._slack()):
             return exit_code, "OOMKilled", message or "memory limit reached"
         return exit_code, "Error", message
