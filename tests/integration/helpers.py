@@ -349,9 +349,11 @@ def tracked_pods(admin: Client, node: WasmletNode, namespace: str = "default") -
 
 
 @contextlib.contextmanager
-def joined_node(admin: Client, tmp_path: Path, name: str, ip: str, *extra: str) -> Iterator[WasmletNode]:
+def joined_node(
+    admin: Client, tmp_path: Path, name: str, ip: str, *extra: str, cgroup: Path | None = None
+) -> Iterator[WasmletNode]:
     """A real wasmlet node on ``ip``:10250, Ready, its serving CSR approved and the kubelet API up."""
-    with running_node(admin, tmp_path, name, ip, 10250, *extra) as node:
+    with running_node(admin, tmp_path, name, ip, 10250, *extra, cgroup=cgroup) as node:
         wait_for(f"node {name} to be Ready", lambda: node_ready(admin, name), timeout=60)
         message = (
             f"BOOTSTRAP: TLS certificate requires manual approval. Run kubectl certificate approve {name}-tls"

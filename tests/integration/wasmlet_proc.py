@@ -47,14 +47,25 @@ def write_bootstrap(admin: Client, data_dir: Path) -> Path:
 
 @contextlib.contextmanager
 def running_node(
-    admin: Client, tmp_path: Path, name: str, ip: str = "127.0.0.2", port: int = 10250, *extra: str
+    admin: Client,
+    tmp_path: Path,
+    name: str,
+    ip: str = "127.0.0.2",
+    port: int = 10250,
+    *extra: str,
+    cgroup: Path | None = None,
 ) -> Iterator[WasmletNode]:
+    """A wasmlet process; with ``cgroup`` (a cgroup directory), it runs in that cgroup from its start."""
     data_dir = tmp_path / name
     write_bootstrap(admin, data_dir)
     output = tmp_path / f"{name}.out"
     with output.open("wb") as out:
+        # The shell joins the cgroup, then becomes wasmlet (same pid): nothing runs outside it.
+        join = 'echo $$ > "$0/cgroup.procs" && exec "$@"'
+        joins = [] if cgroup is None else ["/bin/sh", "-c", join, str(cgroup)]
         proc = subprocess.Popen(
             [
+                *joins,
                 WASMLET,
                 "--node-name",
                 name,
