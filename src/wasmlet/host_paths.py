@@ -10,15 +10,21 @@ and so is every directory that holds one of them, ``/`` first.
 Paths are checked twice: as the pod spells them when the pod is admitted (a refused pod fails
 at once, reason :data:`REASON`), and with every symlink resolved right before the directory is
 opened (:meth:`HostPathPolicy.check_resolved`), so a symlink cannot lead out of an allowed prefix.
+A ``DirectoryOrCreate`` path is created below its allowed prefix one component at a time without
+following symlinks (:meth:`HostPathPolicy.make_directory`), so one swapped in meanwhile fails the
+creation instead of moving it elsewhere.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from wasmlet.held_dir import UnsafePathError, open_beneath
 
 REASON = "HostPathNotAllowed"
 FLAG = "--allowed-host-paths"
@@ -43,6 +49,20 @@ class HostPathPolicy:
             allowed = ", ".join(map(str, self.allowed)) or "none"
             return f"{path} is not under a directory this node allows ({FLAG}: {allowed})"
         return None
+
+    def make_directory(self, path: str, mode: int) -> None:
+        """Create ``path`` and its missing parents below the allowed prefix that holds it.
+
+        The path is resolved once and checked; then every component below the prefix is opened
+        (or made, with ``mode``) with ``O_NOFOLLOW`` from the one before. Raises
+        :class:`~wasmlet.held_dir.UnsafePathError` when a component is, or has become, a symlink.
+        """
+        real = _real(path)
+        base = next((prefix for prefix in self.allowed if _within(real, prefix)), None)
+        refusal = self.refusal(str(real))
+        if base is None or refusal:
+            raise UnsafePathError(errno.EACCES, refusal or f"{path} is not under an allowed directory")
+        open_beneath(base, real.relative_to(base), create_mode=mode).close()
 
     def pod_refusal(self, pod: Mapping[str, Any]) -> str | None:
         """The message refusing the first hostPath volume of ``pod`` this policy does not allow."""

@@ -736,7 +736,10 @@ def _host_path(volume: _Volume, policy: HostPathPolicy) -> None:
     if kind not in _HOST_PATH_TYPES:
         raise VolumeError(f"{kind} is an invalid volume type")
     if kind != "Directory" and not os.path.exists(path):
-        os.makedirs(path, mode=DIR_MODE, exist_ok=True)
+        try:
+            policy.make_directory(path, DIR_MODE)
+        except OSError as exc:  # UnsafePathError too: a component is not a real directory
+            raise VolumeError(f"hostPath {path} cannot be created: {exc.strerror or exc}") from exc
     if kind and not os.path.isdir(path):
         raise VolumeError(f"hostPath type check failed: {path} is not a directory")
 

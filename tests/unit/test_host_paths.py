@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from wasmlet import config
+from wasmlet import config, host_paths
+from wasmlet.held_dir import UnsafePathError, open_beneath
 from wasmlet.host_paths import HostPathPolicy
 
 
@@ -86,3 +88,35 @@ def test_the_flag_takes_absolute_paths_only() -> None:
     assert config.load(args, {}).allowed_host_paths == ()
     with pytest.raises(config.ConfigError, match="--allowed-host-paths: 'srv' is not an absolute path"):
         config.load([*args, "--allowed-host-paths", "srv"], {})
+
+
+def test_directory_or_create_makes_real_directories_below_the_prefix(tmp_path: Path) -> None:
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    policy = HostPathPolicy.of([allowed], protected=[])
+    policy.make_directory(str(allowed / "a" / "b"), 0o750)
+    assert (allowed / "a" / "b").is_dir()
+    assert (allowed / "a" / "b").stat().st_mode & 0o777 == 0o750  # not narrowed by the umask
+    with pytest.raises(UnsafePathError, match="not under a directory this node allows"):
+        policy.make_directory(str(tmp_path / "elsewhere"), 0o755)
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_directory_or_create_never_creates_through_a_symlink_swapped_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pod swaps a parent for a symlink to outside between the check and the creation."""
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    (allowed / "a").mkdir(parents=True)
+    outside.mkdir()
+    policy = HostPathPolicy.of([allowed], protected=[])
+
+    def swapped_first(base: Path, relative: Any, **kwargs: Any) -> Any:
+        (allowed / "a").rename(tmp_path / "moved")
+        (allowed / "a").symlink_to(outside)
+        return open_beneath(base, relative, **kwargs)
+
+    monkeypatch.setattr(host_paths, "open_beneath", swapped_first)
+    with pytest.raises(UnsafePathError, match="is not a directory"):
+        policy.make_directory(str(allowed / "a" / "new"), 0o755)
+    assert list(outside.iterdir()) == []  # os.makedirs would have made outside/new
