@@ -273,7 +273,7 @@ def test_one_pod_per_cycle_and_none_until_the_last_ones_memory_is_back() -> None
     world.now += 300
     manager.synchronize()
     assert not world.pressure.memory
-    assert [key for key, _ in world.evicted] == ["ns/hog", "ns/calm"]
+    assert [evicted[0] for evicted in world.evicted] == ["ns/hog", "ns/calm"]
 
 
 def test_a_pod_that_never_lets_go_is_waited_for_at_most_the_cleanup_timeout() -> None:
