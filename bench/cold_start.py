@@ -38,7 +38,7 @@ from bench.common import (
     with_nonce,
 )
 from wasmlet import oci
-from wasmlet.runtime import RunSpec, Runtime
+from wasmlet.runtime.engine import RunSpec, Runtime
 
 FSPROBE = ROOT / "tests" / "modules" / "fsprobe"
 

@@ -2,7 +2,7 @@
 real parts they run against (a control plane, the registry, ``wasmlet`` nodes, pods, a watch).
 
 Nothing here imports the integration tests (they drag pytest in); the few helpers they share
-with them are small and written again on top of :mod:`wasmlet.kubeapi` and :mod:`wasmlet.oci`.
+with them are small and written again on top of :mod:`wasmlet.kube.client` and :mod:`wasmlet.oci`.
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ import httpx
 import wasmtime
 import yaml
 
-from wasmlet import __version__, kubeconfig, oci, paths, tokens
-from wasmlet.kubeapi import ApiError, Client
+from wasmlet import __version__, oci, paths
+from wasmlet.kube import kubeconfig
+from wasmlet.kube.client import ApiError, Client
+from wasmlet.ops import tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = ROOT / "bench" / "modules"
@@ -613,7 +615,7 @@ def running_node(
     approved, pulling from the local registry; stopped and its Node deleted afterwards.
 
     ``patch`` (for experiments, not a wasmlet setting): Python run in the node's process before
-    wasmlet's ``main``, e.g. ``wasmlet.pods.WORKERS = 16``.
+    wasmlet's ``main``, e.g. ``wasmlet.pod.controller.WORKERS = 16``.
     """
     name = unique(prefix)
     data_dir = workdir / name
@@ -624,7 +626,8 @@ def running_node(
     output = workdir / f"{name}.out"
     command = [str(BIN / "wasmlet")]
     if patch is not None:
-        source = f"import sys, wasmlet.cli, wasmlet.pods\n{patch}\nsys.exit(wasmlet.cli.main(sys.argv[1:]))\n"
+        imports = "import sys, wasmlet.cli, wasmlet.pod.controller"
+        source = f"{imports}\n{patch}\nsys.exit(wasmlet.cli.main(sys.argv[1:]))\n"
         command = [sys.executable, "-c", source]
     argv = [
         *command,

@@ -7,7 +7,7 @@ alone. In the pod those moments are the CRI log timestamps the node's log writer
 lines (read back as ``kubectl logs --timestamps`` does, through the apiserver); on bare
 wasmtime-py (plain Engine, Store, Linker with WASI, no epoch interruption, no wasmlet) they are
 taken the same way in a stdout callback. The same loop is also run in-process on
-:class:`wasmlet.runtime.Runtime` to split the node's own cost from the rest.
+:class:`wasmlet.runtime.engine.Runtime` to split the node's own cost from the rest.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from bench.common import (
     wasm,
 )
 from wasmlet.logs import parse_timestamp
-from wasmlet.runtime import RunSpec, Runtime
+from wasmlet.runtime.engine import RunSpec, Runtime
 
 
 class _Lines:

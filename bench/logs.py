@@ -45,9 +45,9 @@ from bench.common import (
     unique,
     wasm,
 )
-from wasmlet import outputs
 from wasmlet.logs import ContainerLogWriter, parse_timestamp
-from wasmlet.runtime import RunSpec, Runtime
+from wasmlet.runtime import outputs
+from wasmlet.runtime.engine import RunSpec, Runtime
 
 LINE = 48  # bytes per line of logspam.wat
 START = 6  # "start\n"

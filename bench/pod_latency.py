@@ -29,7 +29,7 @@ from bench.common import (
     wait_threads,
     wasm,
 )
-from wasmlet.kubeapi import Client
+from wasmlet.kube.client import Client
 
 
 @dataclass

@@ -51,7 +51,7 @@ from bench.common import (
     wait_threads,
     wasm,
 )
-from wasmlet.kubeapi import Client
+from wasmlet.kube.client import Client
 
 MB = 1024 * 1024
 
@@ -227,8 +227,8 @@ def run(ctx: Context) -> Outcome:
 # Experiments: the same burst on a node whose code is patched at start (not shipped settings).
 EXPERIMENTS: dict[str, tuple[str, str]] = {
     "16 pod workers": (
-        "wasmlet.pods.WORKERS = 16",
-        "wasmlet.pods.WORKERS = 16 (wasmlet ships 4)",
+        "wasmlet.pod.controller.WORKERS = 16",
+        "wasmlet.pod.controller.WORKERS = 16 (wasmlet ships 4)",
     ),
 }
 

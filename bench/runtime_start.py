@@ -1,6 +1,6 @@
 """Figure 1: node-level start rate of a cached module, no apiserver.
 
-:class:`wasmlet.runtime.Runtime` (what the pod controller calls), a precompiled hello module that
+:class:`wasmlet.runtime.engine.Runtime` (what the pod controller calls), a precompiled hello module that
 prints one line and exits at once; N starts one after another (each waits for the exit) and N
 started at once (then all waited for). Output goes to a callback that drops it.
 """
@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from bench.common import Context, Figure, Outcome, summary, wasm
-from wasmlet.runtime import ExitStatus, RunSpec, Runtime
+from wasmlet.runtime.engine import ExitStatus, RunSpec, Runtime
 
 # Published, not measured here: runwasi's stress test, 1000 tasks on its wasmtime containerd shim,
 # "throuput: 329.85 tasks/s" (https://github.com/containerd/runwasi/issues/613, 2025-02-18).

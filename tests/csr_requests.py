@@ -1,6 +1,6 @@
 """PKCS#10 requests as an attacker writes them: any subject, any SANs, any key.
 
-Shared by the unit tests of ``wasmlet.csr`` and the integration test that posts the same
+Shared by the unit tests of ``wasmlet.ops.csr`` and the integration test that posts the same
 requests to the real apiserver (``pki.build_csr`` makes only well-formed node requests).
 """
 

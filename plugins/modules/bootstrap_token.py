@@ -109,8 +109,9 @@ def main():
         supports_check_mode=True,
     )
     require_wasmlet(module)
-    from wasmlet import kubeconfig, tokens
-    from wasmlet.kubeapi import ApiError, Client
+    from wasmlet.kube import kubeconfig
+    from wasmlet.kube.client import ApiError, Client
+    from wasmlet.ops import tokens
 
     p = module.params
     path = Path(p["bootstrap_kubeconfig"]) if p["bootstrap_kubeconfig"] else None

@@ -166,8 +166,8 @@ def main():
         supports_check_mode=True,
     )
     require_wasmlet(module)
-    from wasmlet import csr as csrlib
-    from wasmlet.kubeapi import ApiError, Client
+    from wasmlet.kube.client import ApiError, Client
+    from wasmlet.ops import csr as csrlib
 
     p = module.params
     try:

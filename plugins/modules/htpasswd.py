@@ -85,7 +85,7 @@ def main():
         supports_check_mode=True,
     )
     require_wasmlet(module)
-    from wasmlet import htpasswd
+    from wasmlet.ops import htpasswd
 
     users = {u["username"]: u["password"] for u in module.params["users"]}
     try:

@@ -93,7 +93,7 @@ def main():
         supports_check_mode=True,
     )
     require_wasmlet(module)
-    from wasmlet import kubeconfig
+    from wasmlet.kube import kubeconfig
 
     p = module.params
     path = Path(p["path"])

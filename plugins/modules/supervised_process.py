@@ -108,7 +108,7 @@ def main():
         supports_check_mode=True,
     )
     require_wasmlet(module)
-    from wasmlet import services
+    from wasmlet.ops import supervision
 
     p = module.params
     directory = Path(p["dir"])
@@ -116,26 +116,26 @@ def main():
     action = None
     try:
         if p["state"] == "stopped":
-            if services.status(directory, name).running:
+            if supervision.status(directory, name).running:
                 action = "stopped"
                 if not module.check_mode:
-                    services.stop(directory, name, timeout=p["grace"] + 5)
+                    supervision.stop(directory, name, timeout=p["grace"] + 5)
         else:
-            spec = services.ServiceSpec(
+            spec = supervision.ServiceSpec(
                 name=name,
                 directory=directory,
                 argv=tuple(p["argv"]),
                 env={str(k): str(v) for k, v in p["env"].items()},
                 grace=p["grace"],
             )
-            why = "restart requested" if p["state"] == "restarted" else services.needs_start(spec)
+            why = "restart requested" if p["state"] == "restarted" else supervision.needs_start(spec)
             if why is not None:
                 action = f"started ({why})"
                 if not module.check_mode:
-                    services.restart(spec)
-    except services.ServiceError as exc:
+                    supervision.restart(spec)
+    except supervision.ServiceError as exc:
         module.fail_json(msg=f"process {name}: {exc}", log=str(directory / f"{name}.log"))
-    st = services.status(directory, name)
+    st = supervision.status(directory, name)
     module.exit_json(
         changed=action is not None,
         action=action,

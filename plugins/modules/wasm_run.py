@@ -259,7 +259,7 @@ def main():
     )
     require_wasmlet(module)
     from wasmlet import oci
-    from wasmlet.runtime import RunSpec, Runtime
+    from wasmlet.runtime.engine import RunSpec, Runtime
 
     p = module.params
     what = p["module"] or p["reference"]

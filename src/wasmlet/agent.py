@@ -9,15 +9,16 @@ import threading
 from types import FrameType
 from typing import Any
 
-from wasmlet import eviction, image_gc, kubeconfig
-from wasmlet.bootstrap import Bootstrapper
 from wasmlet.config import NodeConfig
-from wasmlet.connections import ConnectionLimits
-from wasmlet.kubeapi import Client
-from wasmlet.node import NodeAgent
-from wasmlet.pods import PodController
-from wasmlet.runtime import Runtime
-from wasmlet.server import Authorizer, KubeletServer
+from wasmlet.kube import kubeconfig
+from wasmlet.kube.client import Client
+from wasmlet.node import eviction, image_gc
+from wasmlet.node.bootstrap import Bootstrapper
+from wasmlet.node.connections import ConnectionLimits
+from wasmlet.node.server import Authorizer, KubeletServer
+from wasmlet.node.status import NodeAgent
+from wasmlet.pod.controller import PodController
+from wasmlet.runtime.engine import Runtime
 
 log = logging.getLogger(__name__)
 

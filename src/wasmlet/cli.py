@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 from wasmlet import config as node_config
 from wasmlet.agent import Agent
-from wasmlet.bootstrap import BootstrapError
-from wasmlet.kubeapi import ApiError
+from wasmlet.kube.client import ApiError
+from wasmlet.node.bootstrap import BootstrapError
 
 
 def main(argv: Sequence[str] | None = None) -> int:

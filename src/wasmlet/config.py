@@ -19,9 +19,12 @@ from typing import Any
 
 import yaml
 
-from wasmlet import __version__, events, eviction, logs, paths, pull_limits, pulls
-from wasmlet.connections import MAX_CONNECTIONS
-from wasmlet.quantity import parse_quantity
+from wasmlet import __version__, logs, paths, pull_limits
+from wasmlet.kube import events
+from wasmlet.kube.quantity import parse_quantity
+from wasmlet.node import eviction
+from wasmlet.node.connections import MAX_CONNECTIONS
+from wasmlet.pod import image
 
 
 class ConfigError(Exception):
@@ -61,7 +64,7 @@ class NodeConfig:
     container_log_max_files: int = logs.DEFAULT_MAX_FILES  # kubelet's flag: files kept per run, current too
     max_module_size: int = pull_limits.DEFAULT_MAX_MODULE_BYTES  # bytes of one module, declared or received
     image_pull_timeout: float = pull_limits.DEFAULT_PULL_TIMEOUT  # seconds for a whole pull, all requests
-    max_parallel_image_pulls: int = pulls.DEFAULT_MAX_PARALLEL  # pulls at once (one registry: all but one)
+    max_parallel_image_pulls: int = image.DEFAULT_MAX_PARALLEL  # pulls at once (one registry: all but one)
     image_gc_high_threshold: int = 85  # kubelet's: disk usage (%) of the store's filesystem that starts GC
     image_gc_low_threshold: int = 80  # kubelet's: disk usage (%) GC frees down to
     image_minimum_gc_age: float = 120.0  # kubelet's: seconds a module is kept after it is first seen
@@ -373,7 +376,7 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         image_pull_timeout=_as_duration("image-pull-timeout", merged.get("image-pull-timeout", "2m")),
         max_parallel_image_pulls=_as_int(
             "max-parallel-image-pulls",
-            merged.get("max-parallel-image-pulls", pulls.DEFAULT_MAX_PARALLEL),
+            merged.get("max-parallel-image-pulls", image.DEFAULT_MAX_PARALLEL),
             1,
             64,
         ),

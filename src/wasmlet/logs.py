@@ -1,7 +1,7 @@
 """Container log files in the CRI format, and the reader behind ``/containerLogs``.
 
 Writing: a :class:`ContainerLogWriter` per container run receives the raw stdout/stderr
-chunks of a wasm module (read from its output pipes by :mod:`wasmlet.outputs`) and
+chunks of a wasm module (read from its output pipes by :mod:`wasmlet.runtime.outputs`) and
 appends records the way containerd and CRI-O do for the kubelet::
 
     2024-05-01T12:00:00.123456789Z stdout F a complete line

@@ -27,7 +27,7 @@ from helpers import (
 from wasmlet_proc import WasmletNode
 
 from wasmlet import oci, paths
-from wasmlet.kubeapi import ApiError, Client
+from wasmlet.kube.client import ApiError, Client
 
 
 @pytest.fixture(scope="session")

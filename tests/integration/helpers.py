@@ -22,8 +22,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from wasmlet_proc import WasmletNode, running_node
 
-from wasmlet import oci, pki, tokens
-from wasmlet.kubeapi import ApiError, Client
+from wasmlet import oci, pki
+from wasmlet.kube.client import ApiError, Client
+from wasmlet.ops import tokens
 
 ROOT = Path(__file__).resolve().parents[2]
 ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))

@@ -30,8 +30,10 @@ from helpers import (
     wait_for,
 )
 
-from wasmlet import kubeconfig, oci, pki, tokens
-from wasmlet.kubeapi import ApiError, Client
+from wasmlet import oci, pki
+from wasmlet.kube import kubeconfig
+from wasmlet.kube.client import ApiError, Client
+from wasmlet.ops import tokens
 
 pytestmark = pytest.mark.integration
 

@@ -27,8 +27,8 @@ from helpers import (
 )
 from wasmlet_proc import WASMLET, WasmletNode
 
-from wasmlet import kubeconfig
-from wasmlet.kubeapi import Client
+from wasmlet.kube import kubeconfig
+from wasmlet.kube.client import Client
 
 pytestmark = pytest.mark.integration
 

@@ -32,8 +32,9 @@ from helpers import (
     wait_for,
 )
 
-from wasmlet import kubeconfig, pki
-from wasmlet.kubeapi import ApiError, Client
+from wasmlet import pki
+from wasmlet.kube import kubeconfig
+from wasmlet.kube.client import ApiError, Client
 
 pytestmark = pytest.mark.integration
 

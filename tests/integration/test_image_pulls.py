@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from helpers import Pods, Registry, delete_quietly, joined_node, push_wat, unique, wait_for
 
-from wasmlet.kubeapi import Client
+from wasmlet.kube.client import Client
 
 pytestmark = pytest.mark.integration
 

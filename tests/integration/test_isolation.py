@@ -12,7 +12,7 @@ from typing import Any
 
 from helpers import Pods, Registry, push_wat, unique, wait_for
 
-from wasmlet.kubeapi import Client
+from wasmlet.kube.client import Client
 
 HOLD = 25_000  # files the attacker's module asks for: more than this host's limit of 20,000
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"

@@ -19,8 +19,8 @@ import pytest
 from helpers import Cluster, Pods, Registry, joined_node, push_wat, tracked_pods, unique, wait_for
 from wasmlet_proc import WasmletNode
 
-from wasmlet.kubeapi import Client
-from wasmlet.quantity import parse_quantity
+from wasmlet.kube.client import Client
+from wasmlet.kube.quantity import parse_quantity
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ import wasmtime
 from helpers import ROOT, Cluster, Registry, delete_quietly, node_ready, run_playbook_file, unique, wait_for
 
 from wasmlet import oci
-from wasmlet.kubeapi import Client
+from wasmlet.kube.client import Client
 
 pytestmark = pytest.mark.integration
 

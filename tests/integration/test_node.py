@@ -11,8 +11,10 @@ import pytest
 from helpers import Cluster, approve_csr, delete_quietly, unique, wait_for
 from wasmlet_proc import WASMLET, WasmletNode, running_node, write_bootstrap
 
-from wasmlet import __version__, kubeconfig, pki, tokens
-from wasmlet.kubeapi import Client
+from wasmlet import __version__, pki
+from wasmlet.kube import kubeconfig
+from wasmlet.kube.client import Client
+from wasmlet.ops import tokens
 
 pytestmark = pytest.mark.integration
 CSRS = "/apis/certificates.k8s.io/v1/certificatesigningrequests"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from helpers import Pods, Registry, delete_quietly, push_wat, unique
 
-from wasmlet.kubeapi import Client
+from wasmlet.kube.client import Client
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ import pytest
 import wasmtime
 from helpers import Pods, Registry, delete_quietly, push_wat, unique, wait_for
 
-from wasmlet.kubeapi import Client
+from wasmlet.kube.client import Client
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ import pytest
 from helpers import Pods, delete_quietly, unique, wait_for
 
 from wasmlet import paths
-from wasmlet.kubeapi import ApiError, Client
+from wasmlet.kube.client import ApiError, Client
 
 pytestmark = pytest.mark.integration
 

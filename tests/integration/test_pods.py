@@ -16,8 +16,9 @@ import wasmtime
 from helpers import MODULES, Cluster, Pods, Registry, approve_csr, delete_quietly, push_wat, unique, wait_for
 from wasmlet_proc import WASMLET, running_node
 
-from wasmlet import kubeconfig, oci
-from wasmlet.kubeapi import ApiError, Client
+from wasmlet import oci
+from wasmlet.kube import kubeconfig
+from wasmlet.kube.client import ApiError, Client
 
 pytestmark = pytest.mark.integration
 

@@ -31,8 +31,8 @@ from helpers import (
 )
 from wasmlet_proc import WasmletNode
 
-from wasmlet import services
-from wasmlet.kubeapi import Client
+from wasmlet.kube.client import Client
+from wasmlet.ops import supervision
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +80,7 @@ def test_apiserver_down_for_a_minute_workloads_keep_running_and_everything_resum
     node_pods.wait_state(looping, "running")
     node_pods.wait_state(finishing, "running")
     spec = json.loads((cluster.run_dir / "kube-apiserver.json").read_text())
-    assert services.stop(cluster.run_dir, "kube-apiserver")
+    assert supervision.stop(cluster.run_dir, "kube-apiserver")
     stopped_at = dt.datetime.now(dt.UTC)
     try:
         size = log_size(node, looping)
@@ -89,8 +89,8 @@ def test_apiserver_down_for_a_minute_workloads_keep_running_and_everything_resum
         assert log_size(node, looping) >= size + len("Hello, World!\n") * 50
         assert node.process.poll() is None
     finally:
-        services.start(
-            services.ServiceSpec(
+        supervision.start(
+            supervision.ServiceSpec(
                 spec["name"], Path(spec["directory"]), tuple(spec["argv"]), spec["env"], spec["grace"]
             )
         )

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from helpers import delete_quietly, unique, wait_for
 
-from wasmlet.kubeapi import Client
+from wasmlet.kube.client import Client
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,9 @@ from helpers import (
     wait_for,
 )
 
-from wasmlet import kubeconfig, pki
-from wasmlet.kubeapi import ApiError, Client
+from wasmlet import pki
+from wasmlet.kube import kubeconfig
+from wasmlet.kube.client import ApiError, Client
 
 CLIENT_SIGNER = "kubernetes.io/kube-apiserver-client-kubelet"
 SERVING_SIGNER = "kubernetes.io/kubelet-serving"

@@ -9,8 +9,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from wasmlet import kubeconfig, paths, tokens
-from wasmlet.kubeapi import Client
+from wasmlet import paths
+from wasmlet.kube import kubeconfig
+from wasmlet.kube.client import Client
+from wasmlet.ops import tokens
 
 WASMLET = str(Path(sys.executable).with_name("wasmlet"))
 

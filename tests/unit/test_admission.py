@@ -1,4 +1,4 @@
-"""Admission: which pods this node takes (wasmlet.admission, pure)."""
+"""Admission: which pods this node takes (wasmlet.pod.admission, pure)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from wasmlet.admission import Rejection, fit, not_wasm, pod_requests
+from wasmlet.pod.admission import Rejection, fit, not_wasm, pod_requests
 
 ALLOCATABLE = {"cpu": "2", "memory": "1Gi", "pods": "3"}
 

@@ -1,4 +1,4 @@
-"""wasmlet.csr: which kubelet serving CSRs may be approved, each refusal naming its rule."""
+"""wasmlet.ops.csr: which kubelet serving CSRs may be approved, each refusal naming its rule."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 from csr_requests import SigningKey, request_pem, signing_key
 
-from wasmlet import csr
+from wasmlet.ops import csr
 
 NODE = "n1"
 USER = f"system:node:{NODE}"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from wasmlet import events
-from wasmlet.kubeapi import ApiError
+from wasmlet.kube import events
+from wasmlet.kube.client import ApiError
 
 POD = {"metadata": {"name": "web", "namespace": "default", "uid": "u-1"}}
 

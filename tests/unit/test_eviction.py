@@ -11,12 +11,15 @@ from typing import Any
 import pytest
 import wasmtime
 
-from wasmlet import eviction, memory_stats, node
-from wasmlet.admission import Rejection
 from wasmlet.config import ConfigError, load
-from wasmlet.eviction import ContainerUsage, EvictionManager, PodUsage, Pressure, Threshold
-from wasmlet.pods import ContainerRun, PodRun, pod_status
-from wasmlet.runtime import RunSpec, Runtime
+from wasmlet.node import eviction
+from wasmlet.node import status as node_status
+from wasmlet.node.eviction import ContainerUsage, EvictionManager, PodUsage, Pressure, Threshold
+from wasmlet.pod import admission
+from wasmlet.pod.admission import Rejection
+from wasmlet.pod.controller import ContainerRun, PodRun, pod_status
+from wasmlet.runtime import memory_stats
+from wasmlet.runtime.engine import RunSpec, Runtime
 
 MI = 1 << 20
 PAGE = 65536
@@ -158,9 +161,13 @@ def test_a_bad_eviction_hard_names_the_flag_and_the_cause(value: str, error: str
 def test_allocatable_memory_is_capacity_less_the_hard_threshold(tmp_path: Path) -> None:
     config = load(["--data-dir", str(tmp_path), "--node-ip", "127.0.0.9"], {})
     cap = {"cpu": "2", "memory": "1048576Ki", "pods": "110"}
-    assert node.allocatable(config, cap) == {"cpu": "2", "memory": "946176Ki", "pods": "110"}  # 1Gi - 100Mi
+    assert node_status.allocatable(config, cap) == {
+        "cpu": "2",
+        "memory": "946176Ki",
+        "pods": "110",
+    }  # 1Gi - 100Mi
     tight = replace(config, eviction_hard=Threshold("2Gi", bytes=2 << 30))
-    assert node.allocatable(tight, cap)["memory"] == "0Ki"
+    assert node_status.allocatable(tight, cap)["memory"] == "0Ki"
 
 
 # --- who is evicted first, and what they are told ---------------------------------------------
@@ -207,7 +214,7 @@ def test_pod_usage_takes_requests_or_limits_and_only_running_containers() -> Non
             ],
         }
     }
-    got = eviction.pod_usage("ns/p", pod, {"a": 5, "b": 6})
+    got = admission.pod_usage("ns/p", pod, {"a": 5, "b": 6})
     assert got == PodUsage("ns/p", 7, [ContainerUsage("a", 5, 64 * MI), ContainerUsage("b", 6, 32 * MI)])
 
 
@@ -217,12 +224,12 @@ def test_under_pressure_only_best_effort_pods_are_refused() -> None:
     critical = {"spec": {"priority": eviction.SYSTEM_CRITICAL_PRIORITY, "containers": [{"name": "m"}]}}
     calm, pressed = Pressure(), Pressure()
     pressed.memory = True
-    assert eviction.admission_refusal(best_effort, calm) is None
-    assert eviction.admission_refusal(best_effort, pressed) == Rejection(
+    assert admission.refusal_under_pressure(best_effort, calm) is None
+    assert admission.refusal_under_pressure(best_effort, pressed) == Rejection(
         "Evicted", "The node had condition: [MemoryPressure]. "
     )
-    assert eviction.admission_refusal(burstable, pressed) is None
-    assert eviction.admission_refusal(critical, pressed) is None
+    assert admission.refusal_under_pressure(burstable, pressed) is None
+    assert admission.refusal_under_pressure(critical, pressed) is None
 
 
 # --- the manager's cycle ------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""wasmlet.host_paths: hostPath volumes are opt-in, and never reach the node's own state."""
+"""wasmlet.pod.host_paths: hostPath volumes are opt-in, and never reach the node's own state."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from wasmlet import config, host_paths
+from wasmlet import config
 from wasmlet.held_dir import UnsafePathError, open_beneath
-from wasmlet.host_paths import HostPathPolicy
+from wasmlet.pod import host_paths
+from wasmlet.pod.host_paths import HostPathPolicy
 
 
 @pytest.fixture

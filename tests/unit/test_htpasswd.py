@@ -1,4 +1,4 @@
-"""wasmlet.htpasswd.ensure: bcrypt entries, idempotence, removal, check mode."""
+"""wasmlet.ops.htpasswd.ensure: bcrypt entries, idempotence, removal, check mode."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from wasmlet import htpasswd
+from wasmlet.ops import htpasswd
 
 
 def _entries(path: Path) -> dict[str, str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from wasmlet import oci
-from wasmlet.image_gc import GCPolicy, GCReport, ImageGC, InUse
+from wasmlet.node.image_gc import GCPolicy, GCReport, ImageGC, InUse
 
 REG = "registry.test:5000"
 MIB = 2**20

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from wasmlet.kubeapi import ApiError, Client, TransportError
-from wasmlet.kubeconfig import Credentials
+from wasmlet.kube.client import ApiError, Client, TransportError
+from wasmlet.kube.kubeconfig import Credentials
 
 
 class Handler(BaseHTTPRequestHandler):

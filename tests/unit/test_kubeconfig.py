@@ -1,4 +1,4 @@
-"""wasmlet.kubeconfig: render/write/load round trip and error reporting."""
+"""wasmlet.kube.kubeconfig: render/write/load round trip and error reporting."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from wasmlet import kubeconfig
-from wasmlet.kubeconfig import KubeconfigError
+from wasmlet.kube import kubeconfig
+from wasmlet.kube.kubeconfig import KubeconfigError
 
 CA = b"-----BEGIN CERTIFICATE-----\nCA-BYTES\n-----END CERTIFICATE-----\n"
 CERT = b"-----BEGIN CERTIFICATE-----\nCLIENT\n-----END CERTIFICATE-----\n"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from wasmlet import outputs
+from wasmlet.runtime import outputs
 
 
 def _write(pipe: outputs.Pipe, data: bytes) -> None:

@@ -1,4 +1,4 @@
-"""Pod phase and container history, as a kubelet reports them (pure logic of wasmlet.pods)."""
+"""Pod phase and container history, as a kubelet reports them (pure logic of wasmlet.pod.controller)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from wasmlet.pods import ContainerRun, PodRun, _agrees, _resume, pod_status
+from wasmlet.pod.controller import ContainerRun, PodRun, _agrees, _resume, pod_status
 
 
 def run_with(

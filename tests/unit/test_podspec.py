@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from wasmlet import podspec
+from wasmlet.pod import env as pod_env
 
 
 @pytest.mark.parametrize(
@@ -21,21 +21,21 @@ from wasmlet import podspec
     ],
 )
 def test_expansion_follows_kubelet_rules(text: str, expected: str) -> None:
-    assert podspec.expand(text, {"A": "alpha", "B": "beta"}) == expected
+    assert pod_env.expand(text, {"A": "alpha", "B": "beta"}) == expected
 
 
 def test_env_entries_expand_against_earlier_ones_only() -> None:
     container = {
         "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "$(A)-$(C)"}, {"name": "C", "value": "3"}]
     }
-    assert podspec.environment(container) == {"A": "1", "B": "1-$(C)", "C": "3"}
+    assert pod_env.environment(container) == {"A": "1", "B": "1-$(C)", "C": "3"}
 
 
 def test_argv_is_container_name_then_args_without_command() -> None:
     container = {"name": "main", "args": ["--greet", "$(WHO)"]}
-    assert podspec.argv(container, {"WHO": "world"}) == ["main", "--greet", "world"]
+    assert pod_env.argv(container, {"WHO": "world"}) == ["main", "--greet", "world"]
 
 
 def test_argv_is_command_then_args_with_command() -> None:
     container = {"name": "main", "command": ["server.wasm", "-v"], "args": ["$(X)"]}
-    assert podspec.argv(container, {"X": "1"}) == ["server.wasm", "-v", "1"]
+    assert pod_env.argv(container, {"X": "1"}) == ["server.wasm", "-v", "1"]

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wasmlet import podspec
-from wasmlet.podspec import EnvError, ResolvedEnvironment, SkippedKeys, resolve_environment
+from wasmlet.pod import env as pod_env
+from wasmlet.pod.env import EnvError, ResolvedEnvironment, SkippedKeys, resolve_environment
 
 
 class FakeSources:
@@ -344,14 +344,14 @@ def test_field_ref_subscripts_must_be_qualified_names(path: str, reason: str) ->
 
 
 def test_split_subscripted_path() -> None:
-    assert podspec.split_subscripted_path("metadata.annotations['a[b]c']") == (
+    assert pod_env.split_subscripted_path("metadata.annotations['a[b]c']") == (
         "metadata.annotations",
         "a[b]c",
     )
-    assert podspec.split_subscripted_path("metadata.labels['']") == ("metadata.labels", "")
-    assert podspec.split_subscripted_path("metadata.labels") is None
-    assert podspec.split_subscripted_path("['x']") is None
-    assert podspec.split_subscripted_path("x']") is None
+    assert pod_env.split_subscripted_path("metadata.labels['']") == ("metadata.labels", "")
+    assert pod_env.split_subscripted_path("metadata.labels") is None
+    assert pod_env.split_subscripted_path("['x']") is None
+    assert pod_env.split_subscripted_path("x']") is None
 
 
 # --- env: resourceFieldRef ---------------------------------------------------------------------
@@ -561,12 +561,12 @@ def test_no_env_at_all() -> None:
 
 def test_legacy_environment_is_unchanged() -> None:
     container = {"env": [{"name": "A", "value": "1"}, cm_key("cfg", "B"), {"name": "B", "value": "$(A)"}]}
-    assert podspec.environment(container) == {"A": "1", "B": "1"}
+    assert pod_env.environment(container) == {"A": "1", "B": "1"}
 
 
 def test_expand_reads_on_after_an_unclosed_reference_as_kubelet_does() -> None:
-    assert podspec.expand("$(A$$", {"A": "x"}) == "$(A$"
-    assert podspec.expand("$(A $(", {}) == "$(A $("
+    assert pod_env.expand("$(A$$", {"A": "x"}) == "$(A$"
+    assert pod_env.expand("$(A $(", {}) == "$(A $("
 
 
 # --- property: anything in, a dict of strings or an EnvError out -------------------------------

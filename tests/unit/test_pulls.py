@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from wasmlet.pulls import ImagePuller
+from wasmlet.pod.image import ImagePuller
 
 DEADLINE = 5.0
 

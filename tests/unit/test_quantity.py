@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wasmlet.quantity import MAX_INT64, ceil_ratio, parse_quantity
+from wasmlet.kube.quantity import MAX_INT64, ceil_ratio, parse_quantity
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""wasmlet.runtime on real wasmtime: exit statuses, stdio, stopping spinning and sleeping modules."""
+"""wasmlet.runtime.engine on real wasmtime: exit statuses, stdio, stopping spinning and sleeping modules."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import wasmtime
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wasmlet.runtime import ExitStatus, ModuleError, RunSpec, Runtime
+from wasmlet.runtime.engine import ExitStatus, ModuleError, RunSpec, Runtime
 
 WASI = "wasi_snapshot_preview1"
 

@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 import pytest
 
 from wasmlet import pki
-from wasmlet.connections import ConnectionLimits
-from wasmlet.server import Authorizer, KubeletServer, NotFound, User
+from wasmlet.node.connections import ConnectionLimits
+from wasmlet.node.server import Authorizer, KubeletServer, NotFound, User
 
 T = TypeVar("T")
 GOOD_TOKEN = "good-token"
@@ -280,7 +280,7 @@ def test_unauthenticated_requests_do_not_extend_the_header_timeout(start: Callab
 def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(
     start: Callable[..., Node], caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="wasmlet.connections")  # routine for an authorized client
+    caplog.set_level(logging.DEBUG, logger="wasmlet.node.connections")  # routine for an authorized client
     node = start(header_timeout=0.3, idle_timeout=1.0)
     conn = node.https()
     conn.connect()

@@ -1,4 +1,4 @@
-"""wasmlet.volumes: pod volumes as WASI preopens, against fake ConfigMaps, Secrets and tokens."""
+"""wasmlet.pod.volumes: pod volumes as WASI preopens, against fake ConfigMaps, Secrets and tokens."""
 
 from __future__ import annotations
 
@@ -18,17 +18,17 @@ import wasmtime
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wasmlet.host_paths import HostPathPolicy
-from wasmlet.kubeapi import ApiError, Client
-from wasmlet.podspec import EnvError, format_map, go_quote, volume_field_value
-from wasmlet.runtime import RunSpec, Runtime
-from wasmlet.sources import ApiSources
-from wasmlet.volumes import (
+from wasmlet.kube.client import ApiError, Client
+from wasmlet.pod.env import EnvError, format_map, go_quote, volume_field_value
+from wasmlet.pod.host_paths import HostPathPolicy
+from wasmlet.pod.sources import ApiSources
+from wasmlet.pod.volumes import (
     CONTENT_REFRESH_SECONDS,
     PodVolumes,
     VolumeError,
     close_preopens,
 )
+from wasmlet.runtime.engine import RunSpec, Runtime
 
 START = 1_700_000_000.0
 

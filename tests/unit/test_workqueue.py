@@ -3,7 +3,7 @@ from __future__ import annotations
 import threading
 import time
 
-from wasmlet.workqueue import WorkQueue
+from wasmlet.kube.workqueue import WorkQueue
 
 
 def test_a_key_added_twice_is_processed_once() -> None:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from wasmlet.kubeapi import ApiError, Client, timestamp
+from wasmlet.kube.client import ApiError, Client, timestamp
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ epoch-deadline callback; the engine epoch only moves when ``stop()`` is called. 
 then runs in every store that is executing wasm: it traps the stopped one and renews the
 deadline for the others (one cheap callback each per stop). A module blocked in a sleep cannot
 be reached by epochs, so ``wasi_snapshot_preview1.poll_oneoff`` is shadowed by
-:mod:`wasmlet.wasi_poll`, which sleeps on the execution's stop Event; woken by it, the host call
+:mod:`wasmlet.runtime.wasi_poll`, which sleeps on the execution's stop Event; woken by it, the host call
 raises and the module traps right there.
 
-Output: fd 1 and fd 2 of every module are pipes read by one thread (:mod:`wasmlet.outputs`),
+Output: fd 1 and fd 2 of every module are pipes read by one thread (:mod:`wasmlet.runtime.outputs`),
 which hands the chunks to ``RunSpec.stdout``/``stderr``; a run's output is delivered in full
 before its ``on_exit`` is called.
 
@@ -60,9 +60,9 @@ from typing import Any
 import wasmtime
 from wasmtime import _ffi as ffi
 
-from wasmlet import outputs, wasi_files, wasi_poll
 from wasmlet.fsutil import write_atomic
 from wasmlet.held_dir import HeldDir
+from wasmlet.runtime import outputs, wasi_files, wasi_poll
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Clients authenticate with a certificate from the cluster CA or a bearer token (c
 with a TokenReview), and are authorized with a SubjectAccessReview on ``nodes/<sub>``,
 as the kubelet does (pkg/kubelet/server/auth.go): anonymous → 401, not allowed → 403.
 Decisions are cached (authn 2 min, allow 5 min, deny 30 s), like virtual-kubelet's.
-Connections are capped and timed out until a request is authorized (:mod:`wasmlet.connections`);
+Connections are capped and timed out until a request is authorized (:mod:`wasmlet.node.connections`);
 a connection that fails or times out is closed with one log line.
 """
 
@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from wasmlet import logs
-from wasmlet.connections import ConnectionLimits, Connections
-from wasmlet.kubeapi import ApiError, Client
+from wasmlet.kube.client import ApiError, Client
+from wasmlet.node.connections import ConnectionLimits, Connections
 
 log = logging.getLogger(__name__)
 

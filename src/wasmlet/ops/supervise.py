@@ -7,7 +7,7 @@ not the pid alone, is what says "running": a stale pidfile left by a killed supe
 never mistaken for a live one, whatever process reuses its pid.
 
 SIGTERM or SIGINT stops the child (SIGTERM, then SIGKILL after the grace period) and then
-the supervisor. :mod:`wasmlet.services` starts, inspects and stops supervisors.
+the supervisor. :mod:`wasmlet.ops.supervision` starts, inspects and stops supervisors.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from wasmlet.quantity import parse_quantity
+from wasmlet.kube.quantity import parse_quantity
+from wasmlet.node import eviction
 
 WASM_TAINT_KEY = "kubernetes.io/arch"
 WASM_TAINT_VALUE = "wasm32-wasi"
@@ -128,3 +129,30 @@ def not_wasm(pod: Mapping[str, Any]) -> Rejection | None:
         f"{WASM_TAINT_KEY}={WASM_TAINT_VALUE} by name: it came here only by tolerating every taint, and "
         "wasmlet runs only WebAssembly (wasm32-wasi) workloads",
     )
+
+
+def pod_usage(key: str, pod: Mapping[str, Any], resident: Mapping[str, int]) -> eviction.PodUsage:
+    """What ``pod`` uses, from the bytes ``resident`` in each running container's memory."""
+    spec = pod.get("spec") or {}
+    containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
+    return eviction.PodUsage(
+        key,
+        int(spec.get("priority") or 0),
+        [
+            eviction.ContainerUsage(
+                c["name"], resident[c["name"]], int(container_requests(c).get("memory", 0))
+            )
+            for c in containers
+            if c.get("name") in resident
+        ],
+    )
+
+
+def refusal_under_pressure(pod: Mapping[str, Any], pressure: eviction.Pressure) -> Rejection | None:
+    """Under memory pressure the kubelet takes no new BestEffort pod, unless it is critical."""
+    spec = pod.get("spec") or {}
+    if not pressure.memory or int(spec.get("priority") or 0) >= eviction.SYSTEM_CRITICAL_PRIORITY:
+        return None
+    if not best_effort(pod):
+        return None
+    return Rejection(eviction.REASON, eviction.PRESSURE_REFUSAL)

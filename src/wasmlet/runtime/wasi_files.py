@@ -17,7 +17,7 @@ module's memory, re-exports it, and calls the real functions; the shadow calls t
 The shadows are wasmtime's "unchecked" host functions, called with the raw argument array, which
 is handed on to the trampoline as it is (wasmtime-py's checked path converts every argument to a
 Python value and back, and made an open and close 5x dearer). The C API is reached through
-``wasmtime._ffi``, as :mod:`wasmlet.runtime` does for its epoch callback.
+``wasmtime._ffi``, as :mod:`wasmlet.runtime.engine` does for its epoch callback.
 """
 
 from __future__ import annotations

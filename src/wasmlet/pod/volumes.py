@@ -17,12 +17,12 @@ Volume types:
   kubelet would keep them. The token of a ``serviceAccountToken`` projection is 0600.
 - ``downwardAPI``: ``fieldRef`` (``metadata.name``, ``namespace``, ``uid``, one label or
   annotation, or all of them as ``key="value"`` lines, sorted, values Go-quoted) and
-  ``resourceFieldRef`` (``containerName``, ``divisor``) — the functions of :mod:`wasmlet.podspec`.
+  ``resourceFieldRef`` (``containerName``, ``divisor``) — the functions of :mod:`wasmlet.pod.env`.
 - ``projected``: ``configMap``, ``secret``, ``downwardAPI`` and ``serviceAccountToken``
   (``audience``, ``expirationSeconds`` default 3600 min 600, ``path``) sources; a later source's
   file replaces an earlier one's of the same path, as in kubelet. ``clusterTrustBundle`` and
   ``podCertificate`` are refused.
-- ``hostPath``: only under the directories the node allows (:mod:`wasmlet.host_paths`, checked
+- ``hostPath``: only under the directories the node allows (:mod:`wasmlet.pod.host_paths`, checked
   again with symlinks resolved when it is mounted); ``type`` "", ``DirectoryOrCreate`` (created
   0755), ``Directory``; the file-like
   types (``File``, ``FileOrCreate``, ``Socket``, ``CharDevice``, ``BlockDevice``) are refused at
@@ -73,16 +73,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from wasmlet.held_dir import HeldDir, UnsafePathError, open_beneath
-from wasmlet.host_paths import HostPathPolicy
-from wasmlet.podspec import EnvError, expand, resource_value, utf8, volume_field_value
-from wasmlet.quantity import parse_quantity
-from wasmlet.shapes import Shapes
-from wasmlet.shapes import kind as _kind
+from wasmlet.kube.quantity import parse_quantity
+from wasmlet.kube.shapes import Shapes
+from wasmlet.kube.shapes import kind as _kind
+from wasmlet.pod.env import EnvError, expand, resource_value, utf8, volume_field_value
+from wasmlet.pod.host_paths import HostPathPolicy
 
 log = logging.getLogger(__name__)
 
 Preopen = tuple[HeldDir, str, bool]
-"""(host directory, held open; guest path; read_only): one of :class:`wasmlet.runtime.RunSpec`'s preopens."""
+"""(host dir, held open; guest path; read_only): a preopen of a :class:`~wasmlet.runtime.engine.RunSpec`."""
 
 CONTENT_REFRESH_SECONDS = 60.0  # kubelet re-reads ConfigMaps and Secrets at every pod sync (~1 min)
 TOKEN_MAX_AGE_SECONDS = 24 * 3600.0
@@ -132,8 +132,8 @@ class VolumeError(Exception):
 class VolumeSources(Protocol):
     """Where volume contents come from (the pod's namespace is passed in).
 
-    To fail for another reason than a missing object, raise :class:`~wasmlet.podspec.EnvError`
-    with the message the event should show (:class:`wasmlet.sources.ApiSources` does).
+    To fail for another reason than a missing object, raise :class:`~wasmlet.pod.env.EnvError`
+    with the message the event should show (:class:`wasmlet.pod.sources.ApiSources` does).
     """
 
     def configmap_files(self, namespace: str, name: str) -> Mapping[str, bytes] | None:

@@ -23,32 +23,28 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from wasmlet import (
-    admission,
-    eviction,
-    host_paths,
-    image_gc,
-    logs,
-    memory_stats,
-    node,
-    oci,
-    paths,
-    podspec,
-    pulls,
-)
-from wasmlet.admission import Rejection
-from wasmlet.config import NodeConfig
-from wasmlet.events import EventRecorder
-from wasmlet.host_paths import HostPathPolicy
-from wasmlet.kubeapi import ApiError, Client, timestamp
-from wasmlet.quantity import parse_quantity
-from wasmlet.runtime import Execution, ExitStatus, ModuleError, RunSpec, Runtime
-from wasmlet.server import NotFound
-from wasmlet.sources import ApiSources
-from wasmlet.volumes import PodVolumes, Preopen, VolumeError, close_preopens
-from wasmlet.workqueue import WorkQueue
+from wasmlet import logs, oci, paths
+from wasmlet.kube.client import ApiError, Client, timestamp
+from wasmlet.kube.events import EventRecorder
+from wasmlet.kube.quantity import parse_quantity
+from wasmlet.kube.workqueue import WorkQueue
+from wasmlet.node import eviction, image_gc
+from wasmlet.node import status as node_status
+from wasmlet.node.server import NotFound
+from wasmlet.pod import admission, host_paths
+from wasmlet.pod import env as pod_env
+from wasmlet.pod.admission import Rejection
+from wasmlet.pod.host_paths import HostPathPolicy
+from wasmlet.pod.image import ImagePuller, PullTicket
+from wasmlet.pod.sources import ApiSources
+from wasmlet.pod.volumes import PodVolumes, Preopen, VolumeError, close_preopens
+from wasmlet.runtime import memory_stats
+from wasmlet.runtime.engine import Execution, ExitStatus, ModuleError, RunSpec, Runtime
+
+if TYPE_CHECKING:  # the settings' type only: config sits above every stage
+    from wasmlet.config import NodeConfig
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +93,7 @@ class ContainerRun:
     execution: Execution | None = None
     writer: logs.ContainerLogWriter | None = None
     image_id: str = ""
-    pull: pulls.PullTicket[tuple[oci.PulledModule, Path]] | None = None  # the pull under way
+    pull: PullTicket[tuple[oci.PulledModule, Path]] | None = None  # the pull under way
     backoff: float = 0.0
     not_before: float = 0.0  # monotonic time before which it may not start again
     ever_started: bool = False
@@ -169,7 +165,7 @@ class PodController:
         self.events = EventRecorder(
             client, "wasmlet", config.node_name, qps=config.event_qps, burst=config.event_burst
         )
-        self.allocatable = node.allocatable(config, node.capacity(config))
+        self.allocatable = node_status.allocatable(config, node_status.capacity(config))
         self.pressure = pressure or eviction.Pressure()
         # The node's own state is never a pod's hostPath, whatever --allowed-host-paths says.
         own = (config.data_dir, paths.cluster_dir(), config.kubeconfig.parent, config.cert_file.parent)
@@ -179,7 +175,7 @@ class PodController:
         self.lock = threading.Lock()
         self.admission_lock = threading.Lock()  # one admission decision at a time
         self.stop = threading.Event()
-        self.puller = pulls.ImagePuller(config.max_parallel_image_pulls)
+        self.puller = ImagePuller(config.max_parallel_image_pulls)
         self.listed = threading.Event()  # set once the node's pods have been listed (for the GC)
 
     # -- the LogSource the kubelet API serves from -------------------------------------
@@ -233,7 +229,7 @@ class PodController:
             bases[key] = {name: base for name, base in running.items() if base is not None}
         resident = memory_stats.resident_bytes(b for found in bases.values() for b in found.values())
         return [
-            eviction.pod_usage(key, runs[key].pod, {name: resident[base] for name, base in found.items()})
+            admission.pod_usage(key, runs[key].pod, {name: resident[base] for name, base in found.items()})
             for key, found in bases.items()
             if found
         ]
@@ -481,7 +477,8 @@ class PodController:
     def _admit(self, key: str, run: PodRun) -> None:
         """Take the pod or refuse it (Failed at once), as kubelet's admission handlers do."""
         with self.admission_lock:
-            rejection = admission.not_wasm(run.pod) or eviction.admission_refusal(run.pod, self.pressure)
+            pressure = admission.refusal_under_pressure(run.pod, self.pressure)
+            rejection = admission.not_wasm(run.pod) or pressure
             refusal = self.host_paths.pod_refusal(run.pod)
             if rejection is None and refusal is not None:
                 rejection = Rejection(host_paths.REASON, refusal)
@@ -575,10 +572,10 @@ class PodController:
         """The container's variables as kubelet builds them; None (and retried) when they cannot be."""
         ips = (self.config.node_ip,)
         try:
-            resolved = podspec.resolve_environment(
+            resolved = pod_env.resolve_environment(
                 run.pod, spec, self.sources, host_ips=ips, pod_ips=ips, allocatable=self.allocatable
             )
-        except podspec.EnvError as exc:
+        except pod_env.EnvError as exc:
             self._config_error(key, run, crun, str(exc))
             return None
         for skipped in resolved.skipped:
@@ -603,7 +600,7 @@ class PodController:
         """The compiled module of ``crun``'s image, or None while it is pulled or after a failure.
 
         A stored module the policy lets us use is taken here; anything that needs the registry
-        goes to the pull pool (:mod:`wasmlet.pulls`), which queues the pod again when it ends.
+        goes to the pull pool (:mod:`wasmlet.pod.image`), which queues the pod again when it ends.
         """
         image = spec.get("image", "")
         try:
@@ -650,7 +647,7 @@ class PodController:
 
     def _submit_pull(
         self, key: str, run: PodRun, ref: oci.Reference, policy: str
-    ) -> pulls.PullTicket[tuple[oci.PulledModule, Path]]:
+    ) -> PullTicket[tuple[oci.PulledModule, Path]]:
         """Pull (and compile) ``ref`` on the pull pool; pods asking for it meanwhile share the pull."""
         keyring = self._pull_auth(run)
 
@@ -692,7 +689,7 @@ class PodController:
         limits = (spec.get("resources") or {}).get("limits") or {}
         run_spec = RunSpec(
             module=module,
-            argv=podspec.argv(spec, env),
+            argv=pod_env.argv(spec, env),
             env=env,
             # limits.memory (or the node's default) caps the linear memory; limits.cpu is a
             # CFS-like quota per 100 ms.

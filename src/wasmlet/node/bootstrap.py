@@ -22,14 +22,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
-from wasmlet import kubeconfig, pki
-from wasmlet.config import NodeConfig
+from wasmlet import pki
 from wasmlet.fsutil import PUBLIC_MODE, SECRET_MODE, write_atomic
-from wasmlet.kubeapi import ApiError, Client
+from wasmlet.kube import kubeconfig
+from wasmlet.kube.client import ApiError, Client
+
+if TYPE_CHECKING:  # the settings' type only: config sits above every stage
+    from wasmlet.config import NodeConfig
 
 log = logging.getLogger(__name__)
 

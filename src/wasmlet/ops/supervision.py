@@ -1,4 +1,4 @@
-"""Start, inspect and stop processes run under :mod:`wasmlet.supervise`.
+"""Start, inspect and stop processes run under :mod:`wasmlet.ops.supervise`.
 
 A service is described by a :class:`ServiceSpec`; what was started is recorded next to
 the pidfile as ``<name>.json``, so :func:`ensure` can tell "running as asked" (nothing to
@@ -100,7 +100,7 @@ def start(spec: ServiceSpec, wait: float = 10.0) -> int:
     cmd = [
         sys.executable,
         "-m",
-        "wasmlet.supervise",
+        "wasmlet.ops.supervise",
         "--name",
         spec.name,
         "--dir",

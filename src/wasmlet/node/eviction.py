@@ -8,7 +8,7 @@ or 256Mi per pod would cap a 24 GiB node at ~90 pods where wasm density is the p
 
 Every second (:data:`MONITORING_INTERVAL`; the kubelet's 10 s is too slow when one process holds
 every pod and a module can touch a gigabyte in less) the manager observes ``memory.available``
-(:mod:`wasmlet.memory_stats`: four small files; per-pod usage is read only under pressure).
+(:mod:`wasmlet.runtime.memory_stats`: four small files; per-pod usage is read only under pressure).
 Below the hard threshold (``--eviction-hard``, kubelet's default ``memory.available<100Mi``) it:
 
 - reports ``MemoryPressure=True`` on the Node (the node lifecycle controller then taints it
@@ -31,14 +31,12 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
 
-from wasmlet import memory_stats
-from wasmlet.admission import Rejection, best_effort, container_requests
-from wasmlet.quantity import format_bytes, parse_quantity
+from wasmlet.kube.quantity import format_bytes, parse_quantity
+from wasmlet.runtime import memory_stats
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +47,7 @@ MONITORING_INTERVAL = 1.0  # seconds between observations
 CLEANUP_TIMEOUT = 30.0  # seconds to wait for an evicted pod's memory before picking another
 SYSTEM_CRITICAL_PRIORITY = 2_000_000_000
 REASON = "Evicted"
+PRESSURE_REFUSAL = "The node had condition: [MemoryPressure]. "
 # The kubelet's other signals: disk is kept by image GC and emptyDir limits; pods make no processes.
 _IGNORED_SIGNALS = {
     "nodefs.available",
@@ -144,31 +143,6 @@ class PodUsage:
     @property
     def request(self) -> int:
         return sum(c.request for c in self.containers)
-
-
-def pod_usage(key: str, pod: Mapping[str, Any], resident: Mapping[str, int]) -> PodUsage:
-    """What ``pod`` uses, from the bytes ``resident`` in each running container's memory."""
-    spec = pod.get("spec") or {}
-    containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
-    return PodUsage(
-        key,
-        int(spec.get("priority") or 0),
-        [
-            ContainerUsage(c["name"], resident[c["name"]], int(container_requests(c).get("memory", 0)))
-            for c in containers
-            if c.get("name") in resident
-        ],
-    )
-
-
-def admission_refusal(pod: Mapping[str, Any], pressure: Pressure) -> Rejection | None:
-    """Under memory pressure the kubelet takes no new BestEffort pod, unless it is critical."""
-    spec = pod.get("spec") or {}
-    if not pressure.memory or int(spec.get("priority") or 0) >= SYSTEM_CRITICAL_PRIORITY:
-        return None
-    if not best_effort(pod):
-        return None
-    return Rejection(REASON, "The node had condition: [MemoryPressure]. ")
 
 
 def rank(pods: Sequence[PodUsage]) -> list[PodUsage]:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wasmlet import kubeconfig
-from wasmlet.kubeapi import ApiError, Client
+from wasmlet.kube import kubeconfig
+from wasmlet.kube.client import ApiError, Client
 
 ALPHABET = string.ascii_lowercase + string.digits
 TOKEN_RE = re.compile(r"^([a-z0-9]{6})\.([a-z0-9]{16})$")

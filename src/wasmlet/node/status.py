@@ -13,14 +13,18 @@ import os
 import platform
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import wasmtime
 
-from wasmlet import __version__, eviction, memory_stats
-from wasmlet.config import NodeConfig
-from wasmlet.kubeapi import ApiError, Client, timestamp
-from wasmlet.quantity import parse_quantity
+from wasmlet import __version__
+from wasmlet.kube.client import ApiError, Client, timestamp
+from wasmlet.kube.quantity import parse_quantity
+from wasmlet.node import eviction
+from wasmlet.runtime import memory_stats
+
+if TYPE_CHECKING:  # the settings' type only: config sits above every stage
+    from wasmlet.config import NodeConfig
 
 log = logging.getLogger(__name__)
 

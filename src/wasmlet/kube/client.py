@@ -16,7 +16,7 @@ from urllib.parse import urlencode, urlsplit
 
 import urllib3
 
-from wasmlet.kubeconfig import Credentials, load
+from wasmlet.kube.kubeconfig import Credentials, load
 
 # Connections kept alive per client: the pod workers, the watch, the heartbeat, the kubelet API.
 POOL_SIZE = 16

@@ -11,7 +11,7 @@ far (then the service variables), each ``valueFrom`` resolved from a ConfigMap, 
 pod's fields (downward API) or the container's resources. Its :class:`EnvError` messages are
 kubelet's, so they can be the container's ``CreateContainerConfigError`` message as they are.
 
-The downward API is shared with downwardAPI volumes (:mod:`wasmlet.volumes`): :func:`field_value`
+The downward API is shared with downwardAPI volumes (:mod:`wasmlet.pod.volumes`): :func:`field_value`
 (an env ``fieldRef``), :func:`volume_field_value` (a volume file's ``fieldRef``: metadata only,
 whole label/annotation maps rendered by :func:`format_map`) and :func:`resource_value` (a
 ``resourceFieldRef``).
@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, ClassVar, Literal, Protocol
 
-from wasmlet.quantity import ceil_ratio, parse_quantity
-from wasmlet.shapes import Shapes
-from wasmlet.shapes import kind as _kind
+from wasmlet.kube.quantity import ceil_ratio, parse_quantity
+from wasmlet.kube.shapes import Shapes
+from wasmlet.kube.shapes import kind as _kind
 
 
 def expand(text: str, env: Mapping[str, str]) -> str:

@@ -1,0 +1,1 @@
+"""The apiserver as the node sees it: the client, kubeconfigs, events, the work queue, quantities, shapes."""

@@ -1,0 +1,1 @@
+"""The Node: its object, status and Lease, TLS bootstrap, the kubelet API, image GC, eviction."""

@@ -1,0 +1,2 @@
+"""What the Ansible collection does around the node: CSR approval, bootstrap tokens, htpasswd files,
+supervised processes."""

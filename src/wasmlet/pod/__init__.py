@@ -1,0 +1,1 @@
+"""A pod's trip on the node: the controller, admission, image, environment, volumes, status."""

@@ -1,0 +1,1 @@
+"""Modules on wasmtime: the engine, their outputs, the WASI shims, their memory."""
