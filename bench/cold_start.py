@@ -37,7 +37,8 @@ from bench.common import (
     unique,
     with_nonce,
 )
-from wasmlet import oci
+from wasmlet.oci.client import RegistryOptions
+from wasmlet.oci.store import ModuleStore
 from wasmlet.runtime.engine import RunSpec, Runtime
 
 FSPROBE = ROOT / "tests" / "modules" / "fsprobe"
@@ -86,8 +87,8 @@ def drop_status(_status: object) -> None:
 
 def node_level(ref: str, workdir: Path) -> dict[str, float]:
     """Seconds of each step, cold then warm then hot."""
-    options = oci.RegistryOptions(insecure_registries=frozenset({REGISTRY}))
-    store = oci.ModuleStore(workdir / unique("store"))
+    options = RegistryOptions(insecure_registries=frozenset({REGISTRY}))
+    store = ModuleStore(workdir / unique("store"))
     compiled = workdir / unique("compiled")
     steps: dict[str, float] = {}
     for phase in ("cold", "warm"):

@@ -2,7 +2,7 @@
 real parts they run against (a control plane, the registry, ``wasmlet`` nodes, pods, a watch).
 
 Nothing here imports the integration tests (they drag pytest in); the few helpers they share
-with them are small and written again on top of :mod:`wasmlet.kube.client` and :mod:`wasmlet.oci`.
+with them are small and written again on top of :mod:`wasmlet.kube.client` and :mod:`wasmlet.oci.push`.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ import httpx
 import wasmtime
 import yaml
 
-from wasmlet import __version__, oci, paths
+from wasmlet import __version__, paths
 from wasmlet.kube import kubeconfig
 from wasmlet.kube.client import ApiError, Client
+from wasmlet.oci.push import push_module
 from wasmlet.ops import tokens
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -403,7 +404,7 @@ def push(name: str, module: bytes, workdir: Path) -> str:
     path = workdir / f"{unique(name)}.wasm"
     path.write_bytes(module)
     ref = f"{REGISTRY}/bench/{path.stem}:v1"
-    oci.push_module(ref, path, insecure_registries={REGISTRY})
+    push_module(ref, path, insecure_registries={REGISTRY})
     return ref
 
 

@@ -33,7 +33,7 @@ from bench.common import (
     unique,
     wasm,
 )
-from wasmlet.logs import parse_timestamp
+from wasmlet.logs.cri import parse_timestamp
 from wasmlet.runtime.engine import RunSpec, Runtime
 
 

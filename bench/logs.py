@@ -45,7 +45,8 @@ from bench.common import (
     unique,
     wasm,
 )
-from wasmlet.logs import ContainerLogWriter, parse_timestamp
+from wasmlet.logs.cri import parse_timestamp
+from wasmlet.logs.writer import ContainerLogWriter
 from wasmlet.runtime import outputs
 from wasmlet.runtime.engine import RunSpec, Runtime
 

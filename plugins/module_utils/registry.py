@@ -24,16 +24,17 @@ REGISTRY_REQUIRED_TOGETHER = [("username", "password")]
 def registry_access(params, registry):
     """``(auth, options)`` for talking to ``registry`` (``host[:port]``) as the module's params say.
 
-    ``auth`` is a ``wasmlet.oci.RegistryAuth``, or None (anonymous) without ``username``;
-    ``options`` is a ``wasmlet.oci.RegistryOptions`` that speaks plain HTTP to ``registry`` when
+    ``auth`` is a ``wasmlet.oci.credentials.RegistryAuth``, or None (anonymous) without ``username``;
+    ``options`` is a ``wasmlet.oci.client.RegistryOptions`` that speaks plain HTTP to ``registry`` when
     ``insecure`` is set and verifies its certificate with ``ca_file`` when given.
     """
-    from wasmlet import oci
+    from wasmlet.oci.client import RegistryOptions
+    from wasmlet.oci.credentials import RegistryAuth
 
     auth = None
     if params["username"]:
-        auth = oci.RegistryAuth(username=params["username"], password=params["password"])
-    options = oci.RegistryOptions(
+        auth = RegistryAuth(username=params["username"], password=params["password"])
+    options = RegistryOptions(
         insecure_registries=frozenset({registry} if params["insecure"] else ()),
         ca_file=Path(params["ca_file"]) if params["ca_file"] else None,
     )

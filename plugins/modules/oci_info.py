@@ -119,30 +119,33 @@ def main():
         supports_check_mode=True,
     )
     require_wasmlet(module)
-    from wasmlet import oci
+    from wasmlet.oci.client import RegistryClient
+    from wasmlet.oci.errors import NotWasmError, RegistryError
+    from wasmlet.oci.manifest import manifest_kind, select_platform, select_wasm_layer
+    from wasmlet.oci.reference import parse_reference
 
     p = module.params
     not_wasm = None
     try:
-        ref = oci.parse_reference(p["reference"])
+        ref = parse_reference(p["reference"])
         auth, options = registry_access(p, ref.registry)
-        with oci.RegistryClient.for_registry(ref.registry, auth, options) as client:
+        with RegistryClient.for_registry(ref.registry, auth, options) as client:
             top = client.get_manifest(ref)
             manifest = top
-            if oci.manifest_kind(top.media_type, top.data) == "index":
+            if manifest_kind(top.media_type, top.data) == "index":
                 try:
-                    entry = oci.select_platform(top.data, reference=str(ref), registry=client.registry)
-                except oci.NotWasmError as exc:
+                    entry = select_platform(top.data, reference=str(ref), registry=client.registry)
+                except NotWasmError as exc:
                     not_wasm = exc.cause
                 else:
                     manifest = client.get_manifest(ref, entry.digest)
             layer = None
             if not_wasm is None:
                 try:
-                    layer = oci.select_wasm_layer(manifest.data, reference=str(ref), registry=client.registry)
-                except oci.NotWasmError as exc:
+                    layer = select_wasm_layer(manifest.data, reference=str(ref), registry=client.registry)
+                except NotWasmError as exc:
                     not_wasm = exc.cause
-    except (oci.RegistryError, OSError, ValueError) as exc:
+    except (RegistryError, OSError, ValueError) as exc:
         module.fail_json(msg=f"inspect {p['reference']}: {exc}")
 
     config = manifest.data.get("config")

@@ -120,7 +120,12 @@ def main():
         supports_check_mode=True,
     )
     require_wasmlet(module)
-    from wasmlet import fsutil, oci
+    from wasmlet import fsutil
+    from wasmlet.oci.client import RegistryClient
+    from wasmlet.oci.errors import RegistryError
+    from wasmlet.oci.pull import pull_module
+    from wasmlet.oci.reference import parse_reference
+    from wasmlet.oci.store import ModuleStore
 
     p = module.params
     dest = Path(p["dest"])
@@ -129,9 +134,9 @@ def main():
     if not dest.parent.is_dir():
         module.fail_json(msg=f"pull {p['reference']} to {dest}: directory {dest.parent} does not exist")
     try:
-        ref = oci.parse_reference(p["reference"])
+        ref = parse_reference(p["reference"])
         auth, options = registry_access(p, ref.registry)
-        with oci.RegistryClient.for_registry(ref.registry, auth, options) as client:
+        with RegistryClient.for_registry(ref.registry, auth, options) as client:
             resolved = client.resolve_module(ref)
             layer = resolved.layer
             current = _file_digest(dest, layer.digest.partition(":")[0])
@@ -151,9 +156,9 @@ def main():
                 dest.chmod(0o644)
                 module.exit_json(changed=True, **result)
             with tempfile.TemporaryDirectory(prefix="wasmlet-oci-pull-") as tmp:
-                pulled = oci.pull_module(client, ref, oci.ModuleStore(Path(tmp)))
+                pulled = pull_module(client, ref, ModuleStore(Path(tmp)))
                 fsutil.write_atomic(dest, pulled.path.read_bytes(), 0o644)
-    except (oci.RegistryError, OSError, ValueError) as exc:
+    except (RegistryError, OSError, ValueError) as exc:
         module.fail_json(msg=f"pull {p['reference']} to {dest}: {exc}")
     module.exit_json(changed=True, **result)
 

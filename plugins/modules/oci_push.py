@@ -84,26 +84,30 @@ def main():
         supports_check_mode=True,
     )
     require_wasmlet(module)
-    from wasmlet import oci
+    from wasmlet.oci.client import RegistryClient
+    from wasmlet.oci.errors import RegistryError
+    from wasmlet.oci.manifest import build_module_manifest, digest_of, read_module
+    from wasmlet.oci.push import push_module
+    from wasmlet.oci.reference import parse_reference
 
     p = module.params
     try:
-        ref = oci.parse_reference(p["reference"])
+        ref = parse_reference(p["reference"])
         auth, options = registry_access(p, ref.registry)
         if module.check_mode:
-            wasm = oci.read_module(p["path"])
-            manifest = oci.build_module_manifest(wasm, p["media_type"])[3]
-            digest = oci.digest_of(manifest)
-            with oci.RegistryClient.for_registry(ref.registry, auth, options) as client:
+            wasm = read_module(p["path"])
+            manifest = build_module_manifest(wasm, p["media_type"])[3]
+            digest = digest_of(manifest)
+            with RegistryClient.for_registry(ref.registry, auth, options) as client:
                 try:
                     current = client.resolve(ref)
-                except oci.RegistryError as exc:
+                except RegistryError as exc:
                     if "(HTTP 404)" not in exc.cause:  # only "no such tag" means the push would create it
                         raise
                     current = None
             module.exit_json(changed=current != digest, digest=digest)
-        result = oci.push_module(ref, p["path"], p["media_type"], auth, options=options)
-    except (oci.RegistryError, OSError, ValueError) as exc:
+        result = push_module(ref, p["path"], p["media_type"], auth, options=options)
+    except (RegistryError, OSError, ValueError) as exc:
         module.fail_json(msg=f"push {p['path']} to {p['reference']}: {exc}")
     module.exit_json(changed=result.uploaded, digest=result.digest)
 

@@ -180,20 +180,26 @@ class _Output:
             return b"".join(self._chunks).decode("utf-8", errors="replace")
 
 
-def _pull(module, oci, reference, store_root):
+def _pull(module, reference, store_root):
     """Pull ``reference`` into a store under ``store_root``: (path of the module, manifest digest)."""
-    ref = oci.parse_reference(reference)
+    from wasmlet.oci.pull import ensure_module
+    from wasmlet.oci.reference import parse_reference
+    from wasmlet.oci.store import ModuleStore
+
+    ref = parse_reference(reference)
     auth, options = registry_access(module.params, ref.registry)
-    pulled = oci.ensure_module(ref, "Always", auth, store=oci.ModuleStore(store_root), options=options)
+    pulled = ensure_module(ref, "Always", auth, store=ModuleStore(store_root), options=options)
     return pulled.path, pulled.digest, ref.repository.rpartition("/")[2]
 
 
-def _local(module, oci, path, tmp, what):
+def _local(module, path, tmp, what):
     """A local module (binary wasm or ``.wat`` text) as a binary file under ``tmp``: (path, argv[0])."""
+    from wasmlet.oci.manifest import read_module
+
     if not path.is_file():
         module.fail_json(msg=f"run {what}: no such file")
     try:
-        wasm = oci.read_module(path)
+        wasm = read_module(path)
     except (OSError, ValueError) as exc:
         module.fail_json(msg=f"run {what}: cannot load it: {exc}")
     binary = tmp / "module.wasm"
@@ -258,7 +264,7 @@ def main():
         supports_check_mode=True,
     )
     require_wasmlet(module)
-    from wasmlet import oci
+    from wasmlet.oci.errors import RegistryError
     from wasmlet.runtime.engine import RunSpec, Runtime
 
     p = module.params
@@ -276,11 +282,11 @@ def main():
     with tempfile.TemporaryDirectory(prefix="wasmlet-wasm-run-") as tmp:
         if p["reference"]:
             try:
-                wasm, extra["digest"], program = _pull(module, oci, p["reference"], Path(tmp) / "modules")
-            except (oci.RegistryError, OSError, ValueError) as exc:
+                wasm, extra["digest"], program = _pull(module, p["reference"], Path(tmp) / "modules")
+            except (RegistryError, OSError, ValueError) as exc:
                 module.fail_json(msg=f"run {what}: cannot pull it: {exc}")
         else:
-            wasm, program = _local(module, oci, Path(p["module"]), Path(tmp), what)
+            wasm, program = _local(module, Path(p["module"]), Path(tmp), what)
         stdout, stderr = _Output(), _Output()
         spec = RunSpec(
             module=wasm,

@@ -19,11 +19,13 @@ from typing import Any
 
 import yaml
 
-from wasmlet import __version__, logs, paths, pull_limits
+from wasmlet import __version__, paths
 from wasmlet.kube import events
 from wasmlet.kube.quantity import parse_quantity
+from wasmlet.logs.rotation import DEFAULT_MAX_FILES, DEFAULT_MAX_SIZE
 from wasmlet.node import eviction
 from wasmlet.node.connections import MAX_CONNECTIONS
+from wasmlet.oci import limits
 from wasmlet.pod import image
 
 
@@ -60,10 +62,10 @@ class NodeConfig:
     max_open_files_per_container: int = DEFAULT_MAX_OPEN_FILES  # files one module may hold open at once
     event_qps: int = events.QPS  # kubelet's --event-qps: events posted per second at most; 0: unlimited
     event_burst: int = events.BURST  # kubelet's --event-burst: events posted at once after a quiet time
-    container_log_max_size: int = logs.DEFAULT_MAX_SIZE  # kubelet's flag: a log file is rotated past this
-    container_log_max_files: int = logs.DEFAULT_MAX_FILES  # kubelet's flag: files kept per run, current too
-    max_module_size: int = pull_limits.DEFAULT_MAX_MODULE_BYTES  # bytes of one module, declared or received
-    image_pull_timeout: float = pull_limits.DEFAULT_PULL_TIMEOUT  # seconds for a whole pull, all requests
+    container_log_max_size: int = DEFAULT_MAX_SIZE  # kubelet's flag: a log file is rotated past this
+    container_log_max_files: int = DEFAULT_MAX_FILES  # kubelet's flag: files kept per run, current too
+    max_module_size: int = limits.DEFAULT_MAX_MODULE_BYTES  # bytes of one module, declared or received
+    image_pull_timeout: float = limits.DEFAULT_PULL_TIMEOUT  # seconds for a whole pull, all requests
     max_parallel_image_pulls: int = image.DEFAULT_MAX_PARALLEL  # pulls at once (one registry: all but one)
     image_gc_high_threshold: int = 85  # kubelet's: disk usage (%) of the store's filesystem that starts GC
     image_gc_low_threshold: int = 80  # kubelet's: disk usage (%) GC frees down to
@@ -367,10 +369,10 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         event_qps=_as_int("event-qps", merged.get("event-qps", events.QPS), 0, 100000),
         event_burst=_as_int("event-burst", merged.get("event-burst", events.BURST), 1, 100000),
         container_log_max_size=_as_size(
-            "container-log-max-size", merged.get("container-log-max-size", logs.DEFAULT_MAX_SIZE)
+            "container-log-max-size", merged.get("container-log-max-size", DEFAULT_MAX_SIZE)
         ),
         container_log_max_files=_as_int(
-            "container-log-max-files", merged.get("container-log-max-files", logs.DEFAULT_MAX_FILES), 2, 1000
+            "container-log-max-files", merged.get("container-log-max-files", DEFAULT_MAX_FILES), 2, 1000
         ),
         max_module_size=_as_size("max-module-size", merged.get("max-module-size", "512Mi")),
         image_pull_timeout=_as_duration("image-pull-timeout", merged.get("image-pull-timeout", "2m")),

@@ -26,8 +26,9 @@ from helpers import (
 )
 from wasmlet_proc import WasmletNode
 
-from wasmlet import oci, paths
+from wasmlet import paths
 from wasmlet.kube.client import ApiError, Client
+from wasmlet.oci.push import push_module
 
 
 @pytest.fixture(scope="session")
@@ -128,5 +129,5 @@ def fsprobe(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> str
         check=True,
     )
     ref = f"{registry.host}/{unique('fsprobe')}:v1"
-    oci.push_module(ref, out, insecure_registries={registry.host})
+    push_module(ref, out, insecure_registries={registry.host})
     return ref

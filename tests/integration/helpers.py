@@ -22,8 +22,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from wasmlet_proc import WasmletNode, running_node
 
-from wasmlet import oci, pki
+from wasmlet import pki
 from wasmlet.kube.client import ApiError, Client
+from wasmlet.oci.push import push_module
 from wasmlet.ops import tokens
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -249,7 +250,7 @@ def push_wat(registry: Registry, name: str, tmp_path: Path, media: str = "wasm-t
     wasm = tmp_path / f"{name}.wasm"
     wasm.write_bytes(wasmtime.wat2wasm((MODULES / f"{name}.wat").read_text()))
     ref = f"{registry.host}/{unique(name)}:v1"
-    oci.push_module(ref, wasm, media_type=media, insecure_registries={registry.host})
+    push_module(ref, wasm, media_type=media, insecure_registries={registry.host})
     return ref
 
 

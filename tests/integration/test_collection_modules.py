@@ -30,9 +30,18 @@ from helpers import (
     wait_for,
 )
 
-from wasmlet import oci, pki
+from wasmlet import pki
 from wasmlet.kube import kubeconfig
 from wasmlet.kube.client import ApiError, Client
+from wasmlet.oci.client import RegistryClient, RegistryOptions
+from wasmlet.oci.manifest import (
+    CNCF_WASM_CONFIG,
+    OCI_MANIFEST,
+    WASM_TO_OCI_CONFIG,
+    build_module_manifest,
+    digest_of,
+)
+from wasmlet.oci.reference import parse_reference
 from wasmlet.ops import tokens
 
 pytestmark = pytest.mark.integration
@@ -333,15 +342,15 @@ def test_csr_approve_without_a_matching_csr(cluster: Cluster, tmp_path: Path) ->
 # --- oci_push --------------------------------------------------------------------------------------
 
 
-def _registry_client(registry: Registry) -> oci.RegistryClient:
-    options = oci.RegistryOptions(insecure_registries=frozenset({registry.host}))
-    return oci.RegistryClient.for_registry(registry.host, None, options)
+def _registry_client(registry: Registry) -> RegistryClient:
+    options = RegistryOptions(insecure_registries=frozenset({registry.host}))
+    return RegistryClient.for_registry(registry.host, None, options)
 
 
 def _manifest_digest(registry: Registry, repository: str, tag: str) -> str | None:
     response = requests.get(
         f"http://{registry.host}/v2/{repository}/manifests/{tag}",
-        headers={"Accept": oci.OCI_MANIFEST},
+        headers={"Accept": OCI_MANIFEST},
         timeout=10,
     )
     if response.status_code == 404:
@@ -368,7 +377,7 @@ def test_oci_push_pushes_once_and_check_mode_uploads_nothing(registry: Registry,
         Step("oci_push", args),
         Step("oci_push", args),
     )
-    expected = oci.digest_of(oci.build_module_manifest(wasm.read_bytes())[3])
+    expected = digest_of(build_module_manifest(wasm.read_bytes())[3])
     assert task_ok(fresh_check)["changed"] is True
     assert fresh_check["digest"] == expected
 
@@ -376,20 +385,20 @@ def test_oci_push_pushes_once_and_check_mode_uploads_nothing(registry: Registry,
     assert first["digest"] == expected
     assert _manifest_digest(registry, repository, "v1") == expected
     with _registry_client(registry) as client:
-        assert client.resolve(oci.parse_reference(reference)) == expected
-        module = client.resolve_module(oci.parse_reference(reference))
-    assert module.layer.digest == oci.digest_of(wasm.read_bytes())
-    assert module.config_media_type == oci.WASM_TO_OCI_CONFIG
+        assert client.resolve(parse_reference(reference)) == expected
+        module = client.resolve_module(parse_reference(reference))
+    assert module.layer.digest == digest_of(wasm.read_bytes())
+    assert module.config_media_type == WASM_TO_OCI_CONFIG
 
     assert task_ok(second)["changed"] is False
     assert second["digest"] == expected
 
     wasm.write_bytes(wasmtime.wat2wasm('(module (func (export "_start")) (func (export "other")))'))
-    new_layer = oci.digest_of(wasm.read_bytes())
+    new_layer = digest_of(wasm.read_bytes())
     (changed_check,) = run_modules(tmp_path, Step("oci_push", args, check_mode=True))
     assert task_ok(changed_check)["changed"] is True
     assert changed_check["digest"] != expected
-    assert changed_check["digest"] == oci.digest_of(oci.build_module_manifest(wasm.read_bytes())[3])
+    assert changed_check["digest"] == digest_of(build_module_manifest(wasm.read_bytes())[3])
     assert _manifest_digest(registry, repository, "v1") == expected
     assert not _has_blob(registry, repository, new_layer)
 
@@ -409,7 +418,7 @@ def test_oci_push_cncf_flavour_and_a_bad_file(registry: Registry, tmp_path: Path
     assert task_ok(pushed)["changed"] is True
     assert _manifest_digest(registry, repository, "v1") == pushed["digest"]
     with _registry_client(registry) as client:
-        assert client.resolve_module(oci.parse_reference(reference)).config_media_type == oci.CNCF_WASM_CONFIG
+        assert client.resolve_module(parse_reference(reference)).config_media_type == CNCF_WASM_CONFIG
     assert bad.get("failed") is True
     assert "wasm" in bad["msg"]
     assert _manifest_digest(registry, repository, "v1-bad") is None

@@ -13,7 +13,13 @@ import pytest
 import wasmtime
 from helpers import ROOT, Registry, Step, run_modules, task_failed, task_ok, unique
 
-from wasmlet import oci
+from wasmlet.oci.manifest import (
+    OCI_MANIFEST,
+    WASM_TO_OCI_CONFIG,
+    WASM_TO_OCI_LAYER,
+    build_module_manifest,
+    digest_of,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -79,16 +85,16 @@ def test_oci_info_reports_a_pushed_wasm_module(registry: Registry, tmp_path: Pat
         Step("oci_info", info_args),
         Step("oci_info", info_args, check_mode=True),
     )
-    expected = oci.digest_of(oci.build_module_manifest(wasm.read_bytes())[3])
+    expected = digest_of(build_module_manifest(wasm.read_bytes())[3])
     assert task_ok(pushed)["digest"] == expected
     for result in (info, info_check):
         assert task_ok(result)["changed"] is False
         assert result["is_wasm"] is True
         assert result["digest"] == expected
-        assert result["media_type"] == oci.OCI_MANIFEST
-        assert result["config_media_type"] == oci.WASM_TO_OCI_CONFIG
-        assert result["layer_media_type"] == oci.WASM_TO_OCI_LAYER
-        assert result["layer_digest"] == oci.digest_of(wasm.read_bytes())
+        assert result["media_type"] == OCI_MANIFEST
+        assert result["config_media_type"] == WASM_TO_OCI_CONFIG
+        assert result["layer_media_type"] == WASM_TO_OCI_LAYER
+        assert result["layer_digest"] == digest_of(wasm.read_bytes())
         assert result["layer_size"] == len(wasm.read_bytes())
 
 
@@ -106,14 +112,14 @@ def test_oci_pull_writes_the_same_bytes_once(registry: Registry, tmp_path: Path)
         Step("oci_pull", pull_args),
         Step("oci_pull", pull_args, check_mode=True),
     )
-    layer_digest = oci.digest_of(wasm.read_bytes())
+    layer_digest = digest_of(wasm.read_bytes())
     assert task_ok(check_fresh)["changed"] is True
     assert check_fresh["layer_digest"] == layer_digest
     assert task_ok(first)["changed"] is True
     assert first["digest"] == task_ok(pushed)["digest"]
     assert first["layer_digest"] == layer_digest
     assert first["size"] == len(wasm.read_bytes())
-    assert first["media_type"] == oci.WASM_TO_OCI_LAYER
+    assert first["media_type"] == WASM_TO_OCI_LAYER
     assert dest.read_bytes() == wasm.read_bytes()
     assert dest.stat().st_mode & 0o777 == 0o644
     assert task_ok(second)["changed"] is False

@@ -13,8 +13,8 @@ import pytest
 import wasmtime
 from helpers import ROOT, Cluster, Registry, delete_quietly, node_ready, run_playbook_file, unique, wait_for
 
-from wasmlet import oci
 from wasmlet.kube.client import Client
+from wasmlet.oci.push import push_module
 
 pytestmark = pytest.mark.integration
 
@@ -99,7 +99,7 @@ def test_three_nodes_from_one_inventory_join_and_pods_spread_over_them(
     wasm = tmp_path / "hello.wasm"
     wasm.write_bytes(wasmtime.wat2wasm((ROOT / "tests" / "modules" / "hello_loop.wat").read_text()))
     image = f"{registry.host}/{unique('spread')}:v1"
-    oci.push_module(image, wasm, insecure_registries={registry.host})
+    push_module(image, wasm, insecure_registries={registry.host})
     label = unique("spread")
     names = list(three_nodes)
     pods = []

@@ -22,26 +22,22 @@ import requests
 import requests.adapters
 from helpers import Registry, unique
 
-from wasmlet.oci import (
+from wasmlet.oci.client import RegistryClient, RegistryOptions
+from wasmlet.oci.credentials import RegistryAuth, auth_from_dockerconfigjson
+from wasmlet.oci.errors import NotWasmError, PullError, PushError
+from wasmlet.oci.manifest import (
     CNCF_WASM_CONFIG,
     CNCF_WASM_LAYER,
     OCI_INDEX,
     OCI_MANIFEST,
     WASM_TO_OCI_CONFIG,
     WASM_TO_OCI_LAYER,
-    ModuleStore,
-    NotWasmError,
-    PullError,
-    PushError,
-    RegistryAuth,
-    RegistryClient,
-    RegistryOptions,
-    auth_from_dockerconfigjson,
     build_module_manifest,
-    ensure_module,
-    parse_reference,
-    push_module,
 )
+from wasmlet.oci.pull import ensure_module
+from wasmlet.oci.push import push_module
+from wasmlet.oci.reference import parse_reference
+from wasmlet.oci.store import ModuleStore
 
 pytestmark = pytest.mark.integration
 

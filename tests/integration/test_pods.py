@@ -16,9 +16,10 @@ import wasmtime
 from helpers import MODULES, Cluster, Pods, Registry, approve_csr, delete_quietly, push_wat, unique, wait_for
 from wasmlet_proc import WASMLET, running_node
 
-from wasmlet import oci
 from wasmlet.kube import kubeconfig
 from wasmlet.kube.client import ApiError, Client
+from wasmlet.oci.credentials import RegistryAuth
+from wasmlet.oci.push import push_module
 
 pytestmark = pytest.mark.integration
 
@@ -216,10 +217,10 @@ def test_private_registry_works_through_image_pull_secrets(
     wasm = tmp_path / "hello.wasm"
     wasm.write_bytes(wasmtime.wat2wasm((MODULES / "hello_loop.wat").read_text()))
     image = f"{secure_registry.host}/{unique('private')}:v1"
-    oci.push_module(
+    push_module(
         image,
         wasm,
-        auth=oci.RegistryAuth(secure_registry.username, secure_registry.password),
+        auth=RegistryAuth(secure_registry.username, secure_registry.password),
         ca_file=secure_registry.ca,
     )
     secret = unique("regcred")

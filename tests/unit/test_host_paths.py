@@ -1,4 +1,4 @@
-"""wasmlet.pod.host_paths: hostPath volumes are opt-in, and never reach the node's own state."""
+"""wasmlet.pod.volumes.host_paths: hostPath volumes are opt-in, and never reach the node's own state."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 
 from wasmlet import config
 from wasmlet.held_dir import UnsafePathError, open_beneath
-from wasmlet.pod import host_paths
-from wasmlet.pod.host_paths import HostPathPolicy
+from wasmlet.pod.volumes import host_paths
+from wasmlet.pod.volumes.host_paths import HostPathPolicy
 
 
 @pytest.fixture

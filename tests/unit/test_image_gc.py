@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from wasmlet import oci
 from wasmlet.node.image_gc import GCPolicy, GCReport, ImageGC, InUse
+from wasmlet.oci.store import DIGEST_FILE, LOCK_FILE, MODULE_FILE, ModuleStore
 
 REG = "registry.test:5000"
 MIB = 2**20
@@ -21,7 +21,7 @@ class World:
     """A data dir: module store, compiled cache, pod dirs; a clock and a disk that fill as told."""
 
     def __init__(self, root: Path) -> None:
-        self.store = oci.ModuleStore(root / ".oci" / "modules")
+        self.store = ModuleStore(root / ".oci" / "modules")
         self.compiled = root / "cache" / "compiled"
         self.pods = root / "pods"
         self.compiled.mkdir(parents=True)
@@ -49,8 +49,8 @@ class World:
         data = data[:size]
         entry = self.store.entry_dir(image)
         entry.mkdir(parents=True)
-        (entry / oci.MODULE_FILE).write_bytes(data)
-        (entry / oci.DIGEST_FILE).write_text(f"sha256:{'0' * 64}\n")
+        (entry / MODULE_FILE).write_bytes(data)
+        (entry / DIGEST_FILE).write_text(f"sha256:{'0' * 64}\n")
         compiled = self.compiled / f"{hashlib.sha256(data).hexdigest()}.cwasm"
         compiled.write_bytes(b"compiled")
         os.utime(compiled, (self.now, self.now))
@@ -121,11 +121,11 @@ def test_a_module_being_pulled_is_skipped(world: World) -> None:
     world.used = 99 * MIB
     world.gc.collect()
     world.now += 600
-    fd = os.open(entry / oci.LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    fd = os.open(entry / LOCK_FILE, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         assert world.gc.collect().modules_removed == []
-        assert (entry / oci.MODULE_FILE).exists()
+        assert (entry / MODULE_FILE).exists()
     finally:
         os.close(fd)
     assert world.gc.collect().modules_removed == [entry]
@@ -194,7 +194,7 @@ def test_thresholds_must_be_ordered_percentages(high: int, low: int) -> None:
 
 def test_a_node_without_a_module_store_yet_measures_the_filesystem_it_will_be_on(tmp_path: Path) -> None:
     gc = ImageGC(
-        oci.ModuleStore(tmp_path / "data" / ".oci" / "modules"),
+        ModuleStore(tmp_path / "data" / ".oci" / "modules"),
         tmp_path / "data" / "cache" / "compiled",
         tmp_path / "data" / "pods",
         lambda: InUse(set(), set()),

@@ -25,7 +25,6 @@ RANKS = {
     "kube": 1,
     "ops": 2,
     "oci": 2,
-    "pull_limits": 2,
     "runtime": 2,
     "logs": 2,
     "node": 3,

@@ -16,8 +16,18 @@ from typing import Any
 
 import pytest
 
-from wasmlet import config, logs
-from wasmlet.logs import ContainerLogWriter, LogOptions, LogRotation, read_logs, rotated_logs
+from wasmlet import config
+from wasmlet.logs.files import (
+    LOG_FILE_MODE,
+    pod_log_dir,
+    remove_orphan_pod_logs,
+    remove_pod_logs,
+    remove_runs_before,
+)
+from wasmlet.logs.options import LogOptions
+from wasmlet.logs.reader import read_logs
+from wasmlet.logs.rotation import LogRotation, rotated_logs
+from wasmlet.logs.writer import ContainerLogWriter
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -82,7 +92,7 @@ def test_a_file_never_passes_max_size_and_the_newest_max_files_are_kept(log_file
     for rotated in rotated_logs(log_file):
         assert rotated.stat().st_size > rotation.max_size - 100  # filled up to the last record that fits
         assert rotated.name.startswith("0.log.20231114-221320.")  # <name>.<UTC timestamp>.<µs>
-        assert rotated.stat().st_mode & 0o777 == logs.LOG_FILE_MODE
+        assert rotated.stat().st_mode & 0o777 == LOG_FILE_MODE
 
 
 def test_the_oldest_file_is_deleted_before_the_new_one_is_made(
@@ -278,37 +288,37 @@ def test_logs_of_runs_before_the_previous_one_are_deleted(tmp_path: Path) -> Non
     names += ["10.log", "notes"]
     for name in names:
         (container / name).write_text("x")
-    logs.remove_runs_before(container, 1)
+    remove_runs_before(container, 1)
     assert sorted(p.name for p in container.iterdir()) == sorted(names[2:])
-    logs.remove_runs_before(container, 2)
+    remove_runs_before(container, 2)
     assert sorted(p.name for p in container.iterdir()) == ["10.log", "2.log", "notes"]
-    logs.remove_runs_before(tmp_path / "missing", 3)  # nothing to do, no error
+    remove_runs_before(tmp_path / "missing", 3)  # nothing to do, no error
 
 
 def test_orphan_pod_log_directories_are_deleted_and_nothing_else(tmp_path: Path) -> None:
     root = tmp_path / "logs"
-    live = logs.pod_log_dir(root, "default", "web", "uid-live")
-    gone = logs.pod_log_dir(root, "kube-system", "old", "uid-gone")
+    live = pod_log_dir(root, "default", "web", "uid-live")
+    gone = pod_log_dir(root, "kube-system", "old", "uid-gone")
     for pod_dir in (live, gone):
         (pod_dir / "app").mkdir(parents=True)
         (pod_dir / "app" / "0.log").write_text("x")
     (root / "README").write_text("not a pod's")
     (root / "not-a-pod").mkdir()
-    assert logs.remove_orphan_pod_logs(root, {"uid-live"}) == ["kube-system_old_uid-gone"]
+    assert remove_orphan_pod_logs(root, {"uid-live"}) == ["kube-system_old_uid-gone"]
     assert sorted(p.name for p in root.iterdir()) == ["README", "default_web_uid-live", "not-a-pod"]
-    assert logs.remove_orphan_pod_logs(tmp_path / "none", set()) == []
+    assert remove_orphan_pod_logs(tmp_path / "none", set()) == []
 
 
 def test_a_pods_log_directory_is_removed_with_everything_in_it(tmp_path: Path) -> None:
-    pod_dir = logs.pod_log_dir(tmp_path, "default", "web", "uid")
+    pod_dir = pod_log_dir(tmp_path, "default", "web", "uid")
     assert pod_dir == tmp_path / "default_web_uid"
     (pod_dir / "app").mkdir(parents=True)
     (pod_dir / "app" / "0.log.20231114-221320.000001").write_text("x")
-    logs.remove_pod_logs(pod_dir)
+    remove_pod_logs(pod_dir)
     assert not pod_dir.exists()
-    logs.remove_pod_logs(pod_dir)  # already gone: no error
+    remove_pod_logs(pod_dir)  # already gone: no error
     with pytest.raises(ValueError, match="invalid pod name"):
-        logs.pod_log_dir(tmp_path, "default", "../x", "uid")
+        pod_log_dir(tmp_path, "default", "../x", "uid")
 
 
 def test_log_rotation_flags_default_to_the_kubelets_and_refuse_bad_values(tmp_path: Path) -> None:

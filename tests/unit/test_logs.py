@@ -17,17 +17,11 @@ from typing import Any
 
 import pytest
 
-from wasmlet import logs
-from wasmlet.logs import (
-    MAX_RECORD_CONTENT,
-    ContainerLogWriter,
-    LogOptions,
-    format_timestamp,
-    log_path,
-    parse_timestamp,
-    previous_log_path,
-    read_logs,
-)
+from wasmlet.logs.cri import Stream, format_timestamp, parse_timestamp
+from wasmlet.logs.files import log_path, previous_log_path
+from wasmlet.logs.options import LogOptions
+from wasmlet.logs.reader import MAX_JOINED_LINE, read_logs
+from wasmlet.logs.writer import MAX_RECORD_CONTENT, ContainerLogWriter
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -177,7 +171,7 @@ def test_writer_rejects_unknown_streams(log_file: Path) -> None:
 def test_concurrent_writers_on_both_streams_never_tear_a_record(log_file: Path) -> None:
     with ContainerLogWriter(log_file) as writer:
 
-        def spam(stream: logs.Stream) -> None:
+        def spam(stream: Stream) -> None:
             for i in range(2000):
                 writer.write(stream, f"{stream} {i}\n".encode())
 
@@ -364,7 +358,7 @@ def test_tail_on_a_big_file_reads_only_its_end(log_file: Path, monkeypatch: pyte
         read_bytes += len(data)
         return data
 
-    monkeypatch.setattr(os, "pread", counting_pread)  # wasmlet.logs calls os.pread
+    monkeypatch.setattr(os, "pread", counting_pread)  # wasmlet.logs.reader calls os.pread
     started = time.perf_counter()
     assert read(log_file, tail_lines=3) == b"line 49997\nline 49998\nline 49999\n"
     assert read_bytes <= 3 * 64 * 1024  # the last block, not the 1.5 MB before it
@@ -412,7 +406,7 @@ def test_malformed_records_are_skipped(log_file: Path) -> None:
 
 
 def test_a_line_longer_than_the_join_limit_is_printed_in_pieces_with_one_timestamp(log_file: Path) -> None:
-    huge = b"z" * (logs.MAX_JOINED_LINE + 3 * MAX_RECORD_CONTENT)
+    huge = b"z" * (MAX_JOINED_LINE + 3 * MAX_RECORD_CONTENT)
     with ContainerLogWriter(log_file, clock=Clock()) as writer:
         writer.write("stdout", huge + b"\nafter\n")
     assert (

@@ -2,7 +2,7 @@
 
 Registry behaviour is simulated in-process by a ``requests`` transport adapter mounted on the
 client's session (no sockets): Docker token auth, Basic challenges, manifests and blobs. The
-real registries are exercised by tests/integration/test_oci.py.
+real registries are exercised by tests/integration/test_oci_registry.py.
 """
 
 from __future__ import annotations
@@ -22,31 +22,36 @@ import requests
 import requests.adapters
 from requests.structures import CaseInsensitiveDict
 
-from wasmlet import oci
-from wasmlet.oci import (
+from wasmlet.oci.client import RegistryClient, RegistryOptions
+from wasmlet.oci.credentials import Keyring, RegistryAuth, auth_from_dockerconfigjson
+from wasmlet.oci.errors import (
+    DigestMismatchError,
+    ImageNeverPullError,
+    InvalidReferenceError,
+    NotWasmError,
+    PullError,
+    http_error_cause,
+)
+from wasmlet.oci.manifest import (
     CNCF_WASM_CONFIG,
     CNCF_WASM_LAYER,
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
     OCI_INDEX,
     OCI_MANIFEST,
     WASM_TO_OCI_CONFIG,
     WASM_TO_OCI_LAYER,
     Descriptor,
-    DigestMismatchError,
-    ImageNeverPullError,
-    InvalidReferenceError,
-    ModuleStore,
-    NotWasmError,
-    PullError,
-    Reference,
-    RegistryAuth,
-    RegistryClient,
-    RegistryOptions,
-    auth_from_dockerconfigjson,
     build_module_manifest,
     digest_of,
-    ensure_module,
-    parse_reference,
+    manifest_kind,
+    select_platform,
+    select_wasm_layer,
 )
+from wasmlet.oci.pull import ensure_module
+from wasmlet.oci.reference import Reference, default_pull_policy, parse_reference
+from wasmlet.oci.store import ModuleStore, PulledModule
+from wasmlet.oci.transport import parse_challenge, request_scope
 
 WASM = b"\0asm\x01\0\0\0" + bytes(range(256)) * 8
 SHA = "sha256:" + "a" * 64
@@ -118,9 +123,9 @@ def test_invalid_reference_is_a_value_error_naming_it(text: str, fragment: str) 
 
 
 def test_default_pull_policy_is_always_for_latest_only() -> None:
-    assert oci.default_pull_policy(parse_reference("app")) == "Always"
-    assert oci.default_pull_policy(parse_reference("app:v1")) == "IfNotPresent"
-    assert oci.default_pull_policy(parse_reference("app@" + SHA)) == "IfNotPresent"
+    assert default_pull_policy(parse_reference("app")) == "Always"
+    assert default_pull_policy(parse_reference("app:v1")) == "IfNotPresent"
+    assert default_pull_policy(parse_reference("app@" + SHA)) == "IfNotPresent"
 
 
 # --- dockerconfigjson ---------------------------------------------------------------------------
@@ -193,7 +198,7 @@ def test_dockerconfigjson_tokens_legacy_format_and_errors() -> None:
 
 
 def test_keyring_uses_the_first_pull_secret_with_a_matching_entry() -> None:
-    keyring = oci.Keyring.from_dockerconfigs(
+    keyring = Keyring.from_dockerconfigs(
         [
             json.dumps({"auths": {"other.example": {"auth": _b64("a:1")}}}),
             {"auths": {"reg.example": {"auth": _b64("b:2")}}},
@@ -206,7 +211,7 @@ def test_keyring_uses_the_first_pull_secret_with_a_matching_entry() -> None:
 
 
 def test_malformed_pull_secret_is_a_pull_error_naming_the_image(tmp_path: Path) -> None:
-    keyring = oci.Keyring.from_dockerconfigs([{"auths": {"reg.example": {"auth": "!!"}}}])
+    keyring = Keyring.from_dockerconfigs([{"auths": {"reg.example": {"auth": "!!"}}}])
     with pytest.raises(PullError, match=r"failed to pull reg\.example/app:v1 .*invalid imagePullSecret"):
         ensure_module("reg.example/app:v1", "IfNotPresent", keyring, store=ModuleStore(tmp_path))
 
@@ -248,14 +253,14 @@ def _manifest(
     [
         (WASM_TO_OCI_LAYER, WASM_TO_OCI_CONFIG, OCI_MANIFEST),
         (CNCF_WASM_LAYER, CNCF_WASM_CONFIG, OCI_MANIFEST),
-        (WASM_TO_OCI_LAYER, WASM_TO_OCI_CONFIG, oci.DOCKER_MANIFEST),
+        (WASM_TO_OCI_LAYER, WASM_TO_OCI_CONFIG, DOCKER_MANIFEST),
     ],
 )
 def test_select_wasm_layer_accepts_both_wasm_media_types(
     layer_type: str, config_type: str, media_type: str
 ) -> None:
     manifest = _manifest(layer_type, config_type, media_type)
-    layer = oci.select_wasm_layer(manifest, reference="r/x:v1", registry="r")
+    layer = select_wasm_layer(manifest, reference="r/x:v1", registry="r")
     assert layer == Descriptor(layer_type, digest_of(WASM), len(WASM))
 
 
@@ -264,7 +269,7 @@ def test_select_wasm_layer_rejects_a_container_image_listing_what_it_found() -> 
         "application/vnd.oci.image.layer.v1.tar+gzip", "application/vnd.oci.image.config.v1+json"
     )
     with pytest.raises(NotWasmError) as caught:
-        oci.select_wasm_layer(manifest, reference="reg.example/app:v1", registry="reg.example")
+        select_wasm_layer(manifest, reference="reg.example/app:v1", registry="reg.example")
     message = str(caught.value)
     assert message.startswith("not a wasm module: reg.example/app:v1 (registry reg.example)")
     assert "media types found: config application/vnd.oci.image.config.v1+json, " in message
@@ -291,7 +296,7 @@ def _index(*platforms: dict[str, str]) -> dict[str, Any]:
 )
 def test_select_platform_prefers_wasip1_wasm(platforms: tuple[dict[str, str], ...], chosen: int) -> None:
     index = _index(*platforms)
-    entry = oci.select_platform(index, reference="r/x", registry="r")
+    entry = select_platform(index, reference="r/x", registry="r")
     assert entry.platform == platforms[chosen]
 
 
@@ -302,16 +307,16 @@ def test_select_platform_without_a_wasm_entry_lists_the_platforms() -> None:
     with pytest.raises(
         NotWasmError, match=r"not a wasm module: .*platforms found: linux/amd64, linux/arm64/v8"
     ):
-        oci.select_platform(index, reference="r/x", registry="r")
+        select_platform(index, reference="r/x", registry="r")
 
 
 def test_manifest_kind_from_media_type_header_or_shape() -> None:
-    assert oci.manifest_kind("", {"mediaType": OCI_INDEX}) == "index"
-    assert oci.manifest_kind(oci.DOCKER_MANIFEST_LIST + "; charset=utf-8", {}) == "index"
-    assert oci.manifest_kind("application/json", {"layers": []}) == "manifest"
-    assert oci.manifest_kind("", {"manifests": []}) == "index"
+    assert manifest_kind("", {"mediaType": OCI_INDEX}) == "index"
+    assert manifest_kind(DOCKER_MANIFEST_LIST + "; charset=utf-8", {}) == "index"
+    assert manifest_kind("application/json", {"layers": []}) == "manifest"
+    assert manifest_kind("", {"manifests": []}) == "index"
     with pytest.raises(ValueError, match="prettyjws"):
-        oci.manifest_kind("application/vnd.docker.distribution.manifest.v1+prettyjws", {"fsLayers": []})
+        manifest_kind("application/vnd.docker.distribution.manifest.v1+prettyjws", {"fsLayers": []})
 
 
 def test_build_module_manifest_wasm_to_oci_and_cncf_are_deterministic() -> None:
@@ -340,15 +345,15 @@ def test_build_module_manifest_rejects_non_wasm_and_unknown_types() -> None:
 
 def test_http_error_cause_reads_the_registry_error_json() -> None:
     body = json.dumps({"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]}).encode()
-    assert oci.http_error_cause(404, body) == "manifest unknown (HTTP 404)"
+    assert http_error_cause(404, body) == "manifest unknown (HTTP 404)"
     body = json.dumps({"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}).encode()
-    assert oci.http_error_cause(401, body) == "unauthorized: authentication required (HTTP 401)"
-    assert oci.http_error_cause(404, b"", "blob") == "blob unknown (HTTP 404)"
-    assert oci.http_error_cause(500, b"<html>") == "registry error (HTTP 500)"
+    assert http_error_cause(401, body) == "unauthorized: authentication required (HTTP 401)"
+    assert http_error_cause(404, b"", "blob") == "blob unknown (HTTP 404)"
+    assert http_error_cause(500, b"<html>") == "registry error (HTTP 500)"
 
 
 def test_parse_challenge_and_request_scope() -> None:
-    scheme, params = oci.parse_challenge(
+    scheme, params = parse_challenge(
         'Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push"'
     )
     assert scheme == "bearer"
@@ -357,10 +362,10 @@ def test_parse_challenge_and_request_scope() -> None:
         "service": "registry.example",
         "scope": "repository:a/b:pull,push",
     }
-    assert oci.parse_challenge('Basic realm="Registry Realm"') == ("basic", {"realm": "Registry Realm"})
-    assert oci.request_scope("https://r/v2/a/b/manifests/v1", "HEAD") == "repository:a/b:pull"
-    assert oci.request_scope("https://r/v2/a/blobs/uploads/?x=1", "POST") == "repository:a:pull,push"
-    assert oci.request_scope("https://r/v2/", "GET") == ""
+    assert parse_challenge('Basic realm="Registry Realm"') == ("basic", {"realm": "Registry Realm"})
+    assert request_scope("https://r/v2/a/b/manifests/v1", "HEAD") == "repository:a/b:pull"
+    assert request_scope("https://r/v2/a/blobs/uploads/?x=1", "POST") == "repository:a:pull,push"
+    assert request_scope("https://r/v2/", "GET") == ""
 
 
 # --- the store ----------------------------------------------------------------------------------
@@ -394,7 +399,7 @@ def test_store_write_verifies_then_commits_and_lookup_reads_it(tmp_path: Path) -
     assert written.pulled is True
     assert written.path.read_bytes() == WASM
     assert (written.path.parent / "digest.txt").read_text() == SHA + "\n"
-    assert store.lookup(ref) == oci.PulledModule(written.path, SHA, len(WASM), pulled=False)
+    assert store.lookup(ref) == PulledModule(written.path, SHA, len(WASM), pulled=False)
 
 
 @pytest.mark.parametrize(
@@ -417,7 +422,7 @@ def test_store_write_rejects_bad_bytes_and_keeps_the_old_module(tmp_path: Path, 
             )
     entry = store.entry_dir(ref)
     assert sorted(p.name for p in entry.iterdir()) == [".lock", "digest.txt", "module.wasm"]
-    assert store.lookup(ref) == oci.PulledModule(entry / "module.wasm", SHA, len(old), pulled=False)
+    assert store.lookup(ref) == PulledModule(entry / "module.wasm", SHA, len(old), pulled=False)
 
 
 def test_store_entry_without_digest_txt_or_with_another_digest_is_absent(tmp_path: Path) -> None:
@@ -546,7 +551,7 @@ class FakeRegistry(requests.adapters.BaseAdapter):
                 {"WWW-Authenticate": 'Basic realm="fake"'},
             )
         if self.auth == "bearer":
-            needed = oci.request_scope(f"https://{REGISTRY}{path}", method)
+            needed = request_scope(f"https://{REGISTRY}{path}", method)
             granted = (given or "").removeprefix("Bearer token:").split(" ")
             if (
                 given
@@ -721,7 +726,7 @@ def test_concurrent_pulls_of_one_image_download_it_once(tmp_path: Path) -> None:
     digest = fake.put_module("team/app", "v1")
     store = ModuleStore(tmp_path)
 
-    def pull(_worker: int) -> oci.PulledModule:
+    def pull(_worker: int) -> PulledModule:
         with _client(fake) as client:  # a client per thread: requests sessions are not shared
             return ensure_module(_ref(), "IfNotPresent", store=store, client=client)
 

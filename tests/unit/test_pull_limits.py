@@ -18,8 +18,11 @@ from hostile_registry import (
     manifest_for,
 )
 
-from wasmlet import oci, pull_limits
-from wasmlet.oci import DigestMismatchError, ModuleStore, PullError, RegistryOptions, ensure_module
+from wasmlet.oci import limits
+from wasmlet.oci.client import RegistryOptions
+from wasmlet.oci.errors import DigestMismatchError, PullError
+from wasmlet.oci.pull import ensure_module
+from wasmlet.oci.store import ModuleStore, PulledModule
 
 TEN_TIB = 10 * 2**40
 
@@ -32,7 +35,7 @@ def registry() -> Iterator[HostileRegistry]:
 
 def _pull(
     registry: HostileRegistry, tmp_path: Path, repository: str = "app", **options: object
-) -> oci.PulledModule:
+) -> PulledModule:
     insecure = frozenset({registry.host})
     merged = RegistryOptions(insecure_registries=insecure, timeout=5.0, **options)  # type: ignore[arg-type]
     store = ModuleStore(tmp_path / "store")
@@ -179,11 +182,11 @@ def test_a_pull_within_its_deadline_succeeds(registry: HostileRegistry, tmp_path
     registry.module("app", "v1", WASM)
     pulled = _pull(registry, tmp_path, pull_timeout=10.0)
     assert pulled.pulled and pulled.path.read_bytes() == WASM
-    assert pull_limits.current() is None  # the deadline ends with its pull
+    assert limits.current() is None  # the deadline ends with its pull
 
 
 def test_size_and_duration_texts() -> None:
-    assert pull_limits.size_text(512 * 2**20) == "512Mi (536870912 bytes)"
-    assert pull_limits.size_text(1000) == "1000 bytes"
-    assert pull_limits.duration_text(120) == "2m0s"
-    assert pull_limits.duration_text(1.5) == "1.5s"
+    assert limits.size_text(512 * 2**20) == "512Mi (536870912 bytes)"
+    assert limits.size_text(1000) == "1000 bytes"
+    assert limits.duration_text(120) == "2m0s"
+    assert limits.duration_text(1.5) == "1.5s"

@@ -19,15 +19,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from wasmlet.kube.client import ApiError, Client
-from wasmlet.pod.env import EnvError, format_map, go_quote, volume_field_value
-from wasmlet.pod.host_paths import HostPathPolicy
+from wasmlet.pod.downward import volume_field_value
+from wasmlet.pod.env_error import EnvError
+from wasmlet.pod.go_strings import format_map, go_quote
 from wasmlet.pod.sources import ApiSources
-from wasmlet.pod.volumes import (
-    CONTENT_REFRESH_SECONDS,
-    PodVolumes,
-    VolumeError,
-    close_preopens,
-)
+from wasmlet.pod.volumes.host_paths import HostPathPolicy
+from wasmlet.pod.volumes.mounts import close_preopens
+from wasmlet.pod.volumes.pod_volumes import CONTENT_REFRESH_SECONDS, PodVolumes
+from wasmlet.pod.volumes.spec import VolumeError
 from wasmlet.runtime.engine import RunSpec, Runtime
 
 START = 1_700_000_000.0

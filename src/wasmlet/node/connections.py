@@ -1,21 +1,7 @@
 """The kubelet API's connections held to account: a cap, and deadlines until a request is authorized.
 
-Each open connection has a deadline by which it must have made progress, or a watchdog thread
-shuts its socket down (the thread serving it then sees end-of-file and ends quietly):
-
-* From accept, ``header_timeout`` (30 s) covers the TLS handshake and the headers of a request,
-  in total, until a request is authorized. Requests that fail authentication or authorization do
-  not extend it. (kube-apiserver's ``ReadHeaderTimeout`` is 32 s; the kubelet's own http.Server
-  has none and a 4 h ``ReadTimeout``.)
-* While an authorized request is answered there is no deadline, so ``kubectl logs -f`` streams
-  as long as it likes.
-* After an answer on a connection that has had an authorized request, ``idle_timeout`` (90 s,
-  the kubelet's ``IdleTimeout``) covers the wait for the next request and its headers.
-
-At most ``max_connections`` are open at once. A connection beyond the cap closes the oldest one
-that has not had an authorized request yet, so anonymous clients holding connections open cannot
-lock out the apiserver; when every open connection is serving authorized requests the new one is
-refused (closed at once).
+A watchdog shuts down a connection that misses its deadline; the deadlines, the cap and what is
+closed first are in docs/security.md ("Kubelet API connections").
 """
 
 from __future__ import annotations

@@ -1,28 +1,9 @@
 """Memory-pressure eviction, as the kubelet's eviction manager does it for ``memory.available``.
 
-Every pod runs in the node's process, so a pod that fills its linear memory takes memory from
-all the others, and past the host's (or the node's cgroup's) limit the kernel kills the whole
-node. Limits cap each pod (``--default-memory-limit`` for those that set none); this is the net
-under the sum of them, which may exceed the node: the default limit is not counted at admission,
-or 256Mi per pod would cap a 24 GiB node at ~90 pods where wasm density is the point.
-
-Every second (:data:`MONITORING_INTERVAL`; the kubelet's 10 s is too slow when one process holds
-every pod and a module can touch a gigabyte in less) the manager observes ``memory.available``
-(:mod:`wasmlet.runtime.memory_stats`: four small files; per-pod usage is read only under pressure).
-Below the hard threshold (``--eviction-hard``, kubelet's default ``memory.available<100Mi``) it:
-
-- reports ``MemoryPressure=True`` on the Node (the node lifecycle controller then taints it
-  ``node.kubernetes.io/memory-pressure:NoSchedule``) and refuses new BestEffort pods, until the
-  signal has stayed above the threshold for ``--eviction-pressure-transition-period`` (5m);
-- evicts one pod per cycle, ranked as the kubelet ranks them for memory: pods using more than
-  they request first, then lower ``spec.priority``, then the most used above the request. A pod
-  at system-critical priority is never evicted. The evicted pod is killed at once (a hard
-  threshold has no grace period) and fails with reason ``Evicted``, the kubelet's message, a
-  ``DisruptionTarget`` condition and an ``Evicted`` event;
-- waits for that pod's memory to be released before it picks another.
-
-Only ``memory.available`` is a signal here: disk is kept by image GC and emptyDir size limits,
-and a pod cannot create processes.
+Every pod runs in the node's process, so the sum of their memory may exceed the node even when
+each stays within its limit. Below ``--eviction-hard`` the node reports MemoryPressure, refuses
+BestEffort pods and evicts one pod per cycle in the kubelet's order; the signal, the ranking,
+the messages and the measured cost are in docs/security.md ("Memory pressure").
 """
 
 from __future__ import annotations

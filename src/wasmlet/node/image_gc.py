@@ -1,23 +1,8 @@
 """Garbage collection of modules, their compiled artefacts and the directories of gone pods.
 
-The kubelet's image GC (pkg/kubelet/images/image_gc_manager.go), over wasmlet's files:
-
-- **Modules** (module store entries, with the ``.cwasm`` compiled from them): when the filesystem
-  holding the store is at least ``high_threshold`` percent full, the least recently used
-  modules no known pod uses are removed until usage is down to ``low_threshold``
-  (``capacity * (100 - low) / 100 - available`` bytes freed, as the kubelet computes it).
-  "Used" is recorded at each pass an image is named by a pod the controller knows; ties go to
-  the one detected first; a module first seen less than ``min_age`` ago is kept (it may have
-  just been pulled for a pod about to start). ``high_threshold`` 100 turns this off.
-- **Compiled artefacts** whose module is no longer in the store (``<sha256>.cwasm``, named
-  after the module's bytes) are removed once older than ``min_age``, whatever the disk usage.
-- **Pod directories** (``<data-dir>/pods/<uid>``) of pods the controller no longer knows are
-  removed at every pass. The directories are listed *before* the known pods are asked for, and
-  a pod is known before its directory is made, so a new pod's directory is never taken for an
-  orphan; the first pass waits until the controller has listed the node's pods.
-
-One pass runs when the node starts (once the pods are listed) and then every ``period``
-(the kubelet's five minutes), on the ``image-gc`` thread.
+The kubelet's image GC (pkg/kubelet/images/image_gc_manager.go) over wasmlet's files: what is
+removed when, and why a new pod's directory is never taken for an orphan, is in
+docs/security.md ("Image pulls and garbage collection").
 """
 
 from __future__ import annotations
@@ -35,7 +20,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wasmlet import oci
+from wasmlet.oci.store import DIGEST_FILE, LOCK_FILE, MODULE_FILE, ModuleStore
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +74,7 @@ class ImageGC:
 
     def __init__(
         self,
-        store: oci.ModuleStore,
+        store: ModuleStore,
         compiled_dir: Path,
         pods_dir: Path,
         in_use: Callable[[], InUse],
@@ -199,7 +184,7 @@ class ImageGC:
         """Committed store entries: directories holding ``digest.txt`` and ``module.wasm``."""
         if not self.store.root.is_dir():
             return []
-        return sorted(digest.parent for digest in self.store.root.rglob(oci.DIGEST_FILE))
+        return sorted(digest.parent for digest in self.store.root.rglob(DIGEST_FILE))
 
     def _entries_of(self, images: Collection[str]) -> set[Path]:
         entries = set()
@@ -210,7 +195,7 @@ class ImageGC:
 
     def _module_hash(self, entry: Path) -> str:
         """sha256 of the entry's module (the name of its ``.cwasm``), cached per file version."""
-        module = entry / oci.MODULE_FILE
+        module = entry / MODULE_FILE
         try:
             stat = module.stat()
         except FileNotFoundError:
@@ -234,7 +219,7 @@ class ImageGC:
             record = self._records.setdefault(entry, _Record(first_detected=now))
             if entry in used:
                 record.last_used = now
-            record.size = _size(entry / oci.MODULE_FILE) + _size(
+            record.size = _size(entry / MODULE_FILE) + _size(
                 self.compiled_dir / f"{hashes[entry]}{COMPILED_SUFFIX}"
             )
 
@@ -270,7 +255,7 @@ class ImageGC:
     def _remove_module(self, entry: Path, module_hash: str) -> bool:
         """Remove a store entry (under its lock; a pull holding it means: busy, keep it)."""
         try:
-            fd = os.open(entry / oci.LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(entry / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except FileNotFoundError:
             return False
         try:
@@ -280,11 +265,11 @@ class ImageGC:
                 if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                     return False
                 raise
-            (entry / oci.DIGEST_FILE).unlink(missing_ok=True)  # the commit record goes first
+            (entry / DIGEST_FILE).unlink(missing_ok=True)  # the commit record goes first
             for leftover in entry.iterdir():
-                if leftover.name != oci.LOCK_FILE:
+                if leftover.name != LOCK_FILE:
                     leftover.unlink(missing_ok=True)
-            (entry / oci.LOCK_FILE).unlink(missing_ok=True)
+            (entry / LOCK_FILE).unlink(missing_ok=True)
         finally:
             os.close(fd)
         with contextlib.suppress(OSError):

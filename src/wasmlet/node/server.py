@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from wasmlet import logs
 from wasmlet.kube.client import ApiError, Client
+from wasmlet.logs.options import LogOptions
+from wasmlet.logs.reader import read_logs
 from wasmlet.node.connections import ConnectionLimits, Connections
 
 log = logging.getLogger(__name__)
@@ -245,7 +246,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         for name, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
             params.setdefault(name, value)  # the first value wins, as with Go's url.Values.Get
         try:
-            options = logs.LogOptions.from_query(params)
+            options = LogOptions.from_query(params)
         except ValueError as exc:
             self._reply(400, str(exc))
             return
@@ -262,7 +263,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self.server.source.container_finished(namespace, pod, container) or self._client_gone()
 
         try:
-            chunks = logs.read_logs(path, options, stop=self.server.stopping, is_finished=finished)
+            chunks = read_logs(path, options, stop=self.server.stopping, is_finished=finished)
         except FileNotFoundError:
             self._reply(404, f'no log for container "{container}" in pod "{pod}"')
             return

@@ -1,35 +1,7 @@
 """Validation of kubelet serving CSRs before approving them.
 
-``kubernetes.io/kubelet-serving`` CSRs are never auto-approved by the controller manager
-(kubernetes#73356), and what a node reports about itself (its Node status) is not evidence:
-a node can write any Hostname or IP into its own status. Approving on that basis lets one
-node obtain a serving certificate for another. So a CSR passes only if every rule below holds
-(postfinance/kubelet-csr-approver's checks, made stricter). Each refusal is one line
-``<rule>: <what is wrong, with the offending value>``:
-
-- ``signer``: the signer is ``kubernetes.io/kubelet-serving``;
-- ``pending``: the CSR is neither approved, denied nor failed yet;
-- ``request``: the PEM request parses and is signed by its own key;
-- ``requester``: ``spec.username`` is ``system:node:<name>``;
-- ``groups``: ``spec.groups`` holds ``system:nodes``;
-- ``owner``: when the caller names the node the CSR must belong to, the requester is that node;
-- ``node``: the Node ``<name>`` exists;
-- ``subject-cn``: the subject CN is exactly ``system:node:<name>``;
-- ``subject-o``: the subject O is exactly ``system:nodes``;
-- ``subject-extra``: the subject has no attribute besides that CN and O;
-- ``key``: the key is RSA of at least 2048 bits, or ECDSA on P-256 or P-384;
-- ``usages``: digital signature + server auth (+ key encipherment for an RSA key), nothing else;
-- ``san-missing``: there is at least one DNS or IP SAN;
-- ``san-type``: there are only DNS and IP SANs (no email, URI or other names);
-- ``wildcard``: no DNS SAN contains ``*``;
-- ``dns-name``: every DNS SAN is the node's name, or ``<name>.<dns_domain>`` when a domain is set;
-- ``ip-prefix``: every IP SAN is inside one of the allowed prefixes;
-- ``ip-node``: every IP SAN is an ``InternalIP``/``ExternalIP`` the Node reports;
-- ``other-node``: no SAN is a name or an address of another Node;
-- ``expiration``: ``spec.expirationSeconds``, if set, is at most the allowed maximum.
-
-IPv4-mapped IPv6 SANs (``::ffff:a.b.c.d``) are judged as the IPv4 address they stand for,
-since TLS clients such as Go's match them to it.
+A CSR passes only if every rule holds; each refusal is one line ``<rule>: <what is wrong>``.
+The rules, the threat they answer and the options: docs/security.md ("CSR approval").
 """
 
 from __future__ import annotations

@@ -25,21 +25,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wasmlet import logs, oci, paths
+from wasmlet import paths
 from wasmlet.kube.client import ApiError, Client, timestamp
 from wasmlet.kube.events import EventRecorder
 from wasmlet.kube.quantity import parse_quantity
 from wasmlet.kube.workqueue import WorkQueue
+from wasmlet.logs import files as log_files
+from wasmlet.logs.rotation import LogRotation
+from wasmlet.logs.writer import ContainerLogWriter
 from wasmlet.node import eviction, image_gc
 from wasmlet.node import status as node_status
 from wasmlet.node.server import NotFound
-from wasmlet.pod import admission, host_paths
+from wasmlet.oci.client import RegistryOptions
+from wasmlet.oci.credentials import Keyring
+from wasmlet.oci.errors import NotWasmError, PullError
+from wasmlet.oci.reference import Reference, default_pull_policy, parse_reference
+from wasmlet.oci.store import ModuleStore, PulledModule
+from wasmlet.pod import admission
 from wasmlet.pod import env as pod_env
 from wasmlet.pod.admission import Rejection
-from wasmlet.pod.host_paths import HostPathPolicy
+from wasmlet.pod.env_error import EnvError
 from wasmlet.pod.image import ImagePuller, PullTicket
 from wasmlet.pod.sources import ApiSources
-from wasmlet.pod.volumes import PodVolumes, Preopen, VolumeError, close_preopens
+from wasmlet.pod.volumes import host_paths
+from wasmlet.pod.volumes.host_paths import HostPathPolicy
+from wasmlet.pod.volumes.mounts import Preopen, close_preopens
+from wasmlet.pod.volumes.pod_volumes import PodVolumes
+from wasmlet.pod.volumes.spec import VolumeError
 from wasmlet.runtime import memory_stats
 from wasmlet.runtime.engine import Execution, ExitStatus, ModuleError, RunSpec, Runtime
 
@@ -91,9 +103,9 @@ class ContainerRun:
     state: dict[str, Any] = field(default_factory=lambda: {"waiting": {"reason": "ContainerCreating"}})
     last_state: dict[str, Any] = field(default_factory=dict)
     execution: Execution | None = None
-    writer: logs.ContainerLogWriter | None = None
+    writer: ContainerLogWriter | None = None
     image_id: str = ""
-    pull: PullTicket[tuple[oci.PulledModule, Path]] | None = None  # the pull under way
+    pull: PullTicket[tuple[PulledModule, Path]] | None = None  # the pull under way
     backoff: float = 0.0
     not_before: float = 0.0  # monotonic time before which it may not start again
     ever_started: bool = False
@@ -152,15 +164,15 @@ class PodController:
         self.config = config
         self.client = client
         self.runtime = runtime
-        self.store = oci.ModuleStore(config.data_dir / ".oci" / "modules")
-        self.registry_options = oci.RegistryOptions(
+        self.store = ModuleStore(config.data_dir / ".oci" / "modules")
+        self.registry_options = RegistryOptions(
             insecure_registries=config.insecure_registries,
             ca_files=config.registry_ca_files,
             pull_timeout=config.image_pull_timeout,
             max_module_size=config.max_module_size,
         )
         self.log_root = config.data_dir / "logs"
-        self.log_rotation = logs.LogRotation(config.container_log_max_size, config.container_log_max_files)
+        self.log_rotation = LogRotation(config.container_log_max_size, config.container_log_max_files)
         self.sources = ApiSources(client)
         self.events = EventRecorder(
             client, "wasmlet", config.node_name, qps=config.event_qps, burst=config.event_burst
@@ -192,10 +204,10 @@ class PodController:
     def container_log(self, namespace: str, pod: str, container: str, previous: bool) -> Path:
         run, crun = self._run_of(namespace, pod, container)
         if previous:  # ValueError (HTTP 400) when it never restarted, as the kubelet answers
-            return logs.previous_log_path(
+            return log_files.previous_log_path(
                 self.log_root, namespace, pod, run.uid, container, crun.restart_count
             )
-        path = logs.log_path(self.log_root, namespace, pod, run.uid, container, crun.restart_count)
+        path = log_files.log_path(self.log_root, namespace, pod, run.uid, container, crun.restart_count)
         if not path.exists() and "waiting" in crun.state:
             reason = crun.state["waiting"].get("reason", "ContainerCreating")
             raise ValueError(f'container "{container}" in pod "{pod}" is waiting to start: {reason}')
@@ -286,7 +298,7 @@ class PodController:
         """Delete the logs of pods this node no longer has (deleted while it was down)."""
         with self.lock:
             live = {run.uid for run in self.runs.values()}
-        removed = logs.remove_orphan_pod_logs(self.log_root, live)
+        removed = log_files.remove_orphan_pod_logs(self.log_root, live)
         if removed:
             log.info("removed the container logs of %d pods gone from this node: %s", len(removed), removed)
 
@@ -396,8 +408,8 @@ class PodController:
                 if run.volumes is not None:
                     run.volumes.cleanup()
                 meta = run.pod["metadata"]
-                pod_logs = logs.pod_log_dir(self.log_root, meta["namespace"], meta["name"], run.uid)
-                logs.remove_pod_logs(pod_logs)  # as the kubelet removes /var/log/pods/<pod>
+                pod_logs = log_files.pod_log_dir(self.log_root, meta["namespace"], meta["name"], run.uid)
+                log_files.remove_pod_logs(pod_logs)  # as the kubelet removes /var/log/pods/<pod>
                 with self.lock:
                     if self.runs.get(key) is run:
                         del self.runs[key]
@@ -575,14 +587,14 @@ class PodController:
             resolved = pod_env.resolve_environment(
                 run.pod, spec, self.sources, host_ips=ips, pod_ips=ips, allocatable=self.allocatable
             )
-        except pod_env.EnvError as exc:
+        except EnvError as exc:
             self._config_error(key, run, crun, str(exc))
             return None
         for skipped in resolved.skipped:
             self._event(run, "Warning", skipped.reason, skipped.message)
         return resolved.env
 
-    def _pull_auth(self, run: PodRun) -> oci.Keyring:
+    def _pull_auth(self, run: PodRun) -> Keyring:
         configs = []
         namespace = run.pod["metadata"]["namespace"]
         for ref in run.pod["spec"].get("imagePullSecrets") or []:
@@ -594,7 +606,7 @@ class PodController:
             data = (secret.get("data") or {}).get(".dockerconfigjson")
             if data:
                 configs.append(json.loads(base64.b64decode(data)))
-        return oci.Keyring.from_dockerconfigs(configs)
+        return Keyring.from_dockerconfigs(configs)
 
     def _pull(self, key: str, run: PodRun, crun: ContainerRun, spec: dict[str, Any]) -> Path | None:
         """The compiled module of ``crun``'s image, or None while it is pulled or after a failure.
@@ -605,8 +617,8 @@ class PodController:
         image = spec.get("image", "")
         try:
             if crun.pull is None:
-                ref = oci.parse_reference(image)
-                policy = spec.get("imagePullPolicy") or oci.default_pull_policy(ref)
+                ref = parse_reference(image)
+                policy = spec.get("imagePullPolicy") or default_pull_policy(ref)
                 stored = self.store.lookup(ref) if policy != "Always" else None
                 if stored is not None or policy == "Never":  # no network: stored, or ErrImageNeverPull
                     stored = stored or self.store.ensure(ref, policy)
@@ -624,7 +636,7 @@ class PodController:
                 )
             crun.image_id = pulled.digest
             return compiled
-        except oci.NotWasmError as exc:
+        except NotWasmError as exc:
             message = f'Pod was rejected: image "{image}" is not a WebAssembly module: {exc.cause}'
             self._reject(run, Rejection("NotWasm", message))
             return None
@@ -634,7 +646,7 @@ class PodController:
             self._event(run, "Warning", "Failed", message)
             self._back_off(key, crun)
             return None
-        except oci.PullError as exc:
+        except PullError as exc:
             previous = crun.state.get("waiting", {}).get("reason")
             reason = "ImagePullBackOff" if previous in {"ErrImagePull", "ImagePullBackOff"} else exc.reason
             message = f'Failed to pull image "{image}": {exc}'
@@ -646,12 +658,12 @@ class PodController:
             return None
 
     def _submit_pull(
-        self, key: str, run: PodRun, ref: oci.Reference, policy: str
-    ) -> PullTicket[tuple[oci.PulledModule, Path]]:
+        self, key: str, run: PodRun, ref: Reference, policy: str
+    ) -> PullTicket[tuple[PulledModule, Path]]:
         """Pull (and compile) ``ref`` on the pull pool; pods asking for it meanwhile share the pull."""
         keyring = self._pull_auth(run)
 
-        def pull_and_compile() -> tuple[oci.PulledModule, Path]:
+        def pull_and_compile() -> tuple[PulledModule, Path]:
             pulled = self.store.ensure(ref, policy, keyring, options=self.registry_options)
             return pulled, self.runtime.precompile(pulled.path)
 
@@ -682,10 +694,10 @@ class PodController:
                 crun.last_state = crun.state
         if crun.writer is not None:
             crun.writer.close()
-        path = logs.log_path(self.log_root, namespace, name, run.uid, crun.name, crun.restart_count)
+        path = log_files.log_path(self.log_root, namespace, name, run.uid, crun.name, crun.restart_count)
         if crun.restart_count > 1:  # the kubelet keeps the logs of one dead run (--previous)
-            logs.remove_runs_before(path.parent, crun.restart_count - 1)
-        writer = logs.ContainerLogWriter(path, rotation=self.log_rotation)
+            log_files.remove_runs_before(path.parent, crun.restart_count - 1)
+        writer = ContainerLogWriter(path, rotation=self.log_rotation)
         limits = (spec.get("resources") or {}).get("limits") or {}
         run_spec = RunSpec(
             module=module,

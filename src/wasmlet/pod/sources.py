@@ -3,7 +3,7 @@
 Everything is read with the node's identity. The Node authorizer lets a node read only the
 ConfigMaps and Secrets of pods bound to it, and request tokens only for the service accounts of
 those pods, bound to the pod. A missing object is ``None`` (the caller decides whether that is
-an error), any other failure is an :class:`~wasmlet.pod.env.EnvError` worded like kubelet's.
+an error), any other failure is an :class:`~wasmlet.pod.env_error.EnvError` worded like kubelet's.
 
 The authorizer learns that a pod is bound to this node from its own watch, which may lag the
 node's: for a moment after binding, a read is refused with "no relationship found between node".
@@ -26,7 +26,8 @@ from datetime import datetime
 from typing import Any
 
 from wasmlet.kube.client import ApiError, Client
-from wasmlet.pod.env import EnvError, utf8
+from wasmlet.pod.env_error import EnvError
+from wasmlet.pod.go_strings import utf8
 
 CACHE_TTL = 10.0
 GRAPH_LAG_SECONDS = 3.0
@@ -39,7 +40,8 @@ def _graph_lags(exc: ApiError) -> bool:
 
 
 class ApiSources:
-    """:class:`wasmlet.pod.env.Sources` and :class:`wasmlet.pod.volumes.VolumeSources` from the apiserver."""
+    """:class:`wasmlet.pod.env.Sources` and :class:`wasmlet.pod.volumes.content.VolumeSources`
+    from the apiserver."""
 
     def __init__(
         self,

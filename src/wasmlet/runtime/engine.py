@@ -1,46 +1,7 @@
 """Run wasm32-wasi modules on wasmtime, each on its own thread, behind a small interface.
 
 The pod controller sees :class:`RunSpec`, :class:`Execution` and :class:`ExitStatus`, never a
-wasmtime object. One :class:`Runtime` owns one Engine (shared: ~45 KB per sleeping instance
-instead of ~108 KB with an Engine each), one Linker and a cache of ready-to-instantiate modules.
-
-Stopping (no idle CPU, no polling). Every Store has an epoch deadline one tick ahead and an
-epoch-deadline callback; the engine epoch only moves when ``stop()`` is called. The callback
-then runs in every store that is executing wasm: it traps the stopped one and renews the
-deadline for the others (one cheap callback each per stop). A module blocked in a sleep cannot
-be reached by epochs, so ``wasi_snapshot_preview1.poll_oneoff`` is shadowed by
-:mod:`wasmlet.runtime.wasi_poll`, which sleeps on the execution's stop Event; woken by it, the host call
-raises and the module traps right there.
-
-Output: fd 1 and fd 2 of every module are pipes read by one thread (:mod:`wasmlet.runtime.outputs`),
-which hands the chunks to ``RunSpec.stdout``/``stderr``; a run's output is delivered in full
-before its ``on_exit`` is called.
-
-CPU limits (``RunSpec.cpu_limit``, cores) are enforced the way the kernel's CFS quota is: in
-every 100 ms period a module may use ``cpu_limit * 100 ms`` of CPU time on its thread; past
-that, its epoch-deadline callback sleeps until the period ends. While any limited module runs,
-a ticker thread moves the engine epoch every 5 ms so that the callbacks run; with none, it
-stops and the epoch is again only moved by ``stop()``. The overshoot per period is at most
-one tick (5 ms of CPU).
-
-The callback is registered through ``wasmtime._ffi``
-(``wasmtime_store_epoch_deadline_callback`` of the C API) because wasmtime-py 50 does not wrap
-it. WASI preview1 has no signals, so there is no graceful phase: ``stop()`` kills at once.
-
-Exit codes and reasons, as the kubelet will report them:
-
-- ``_start`` returns: 0, Completed. ``proc_exit(n)``: n, Completed when 0 else Error.
-- trap (unreachable, out-of-bounds, stack overflow...): 134, Error, the trap's cause as message.
-  134 (128 + SIGABRT) is what ``wasmtime run`` exits with on a trap.
-- stopped by ``stop()``: 137 (128 + SIGKILL), Killed, whatever the module was doing.
-- the module could not start (invalid, unknown import, no ``_start``): 128, Error, the cause.
-- OOMKilled keeps the real exit code. wasmtime-py only exposes the static store limiter: a
-  refused ``memory.grow`` returns -1 with no callback, so the refusal itself is invisible. A run
-  that fails (trap or non-zero exit) while its memory is within 1/8 of the limit (at least one
-  64 KiB page: allocators grow in steps, 1 MiB and more, so the last refused step is often that
-  far from the limit) is reported as OOMKilled; a single large allocation refused far below the
-  limit is reported as Error (its allocator usually says so on stderr). A module whose initial memory
-  exceeds the limit is OOMKilled without running.
+wasmtime object. How stopping, CPU limits, exit codes and OOMKilled work: docs/runtime.md.
 """
 
 from __future__ import annotations

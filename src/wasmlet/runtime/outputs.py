@@ -1,25 +1,7 @@
 """Module output: WASI stdout and stderr are pipes, and one thread reads them all.
 
-wasmtime-py's ``stdout_custom`` calls into Python for every write a module makes, about 36 µs
-a line (bench/logs.py): a module printing as fast as it can spent most of its time there. Here
-each stream is a pipe instead, as a container's are: wasmtime opens the write end by its path
-(``/proc/self/fd/N``) and the module writes to it from its own thread without entering Python.
-One reader thread per :class:`OutputPump` waits on every read end with epoll and hands what it
-reads, in chunks of up to 64 KiB, to the stream's consumer (the container's log writer).
-
-A full pipe blocks the module's write until the reader catches up (back-pressure, as with a
-container's stdout), so nothing is dropped and memory stays bounded. A pipe that had something
-to read is taken out of the epoll set and read again ``COALESCE`` seconds later, and so on while
-it keeps printing (grown to 1 MiB once it fills half of 64 KiB in that time); a round that finds
-less than ``QUIET_READ`` puts it back. Epoll's callback runs on every write to a watched pipe,
-and a woken reader would take a few lines at a time. Measured with bench/logs.py's module
-(48-byte lines, bare wasmtime-py, 2026-11-30): 0.53 µs a line to /dev/null, 0.65 µs into a
-1 MiB pipe read on a timer, 0.78 µs into the same pipe watched by epoll. A run's output ends with
-end-of-file, once the module's Store, which holds the write end, is closed: :meth:`Pipe.finish`
-waits for it, so the log is complete before the exit is reported.
-
-Only the reader thread closes read ends, so a descriptor number can never be reused under it
-while it still reads; an abandoned pipe is handed to it to close.
+Why pipes and not wasmtime-py's ``stdout_custom``, how reads are coalesced, and the measured
+cost per line: docs/runtime.md.
 """
 
 from __future__ import annotations

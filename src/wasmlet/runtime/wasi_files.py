@@ -1,23 +1,8 @@
 """Caps on the files a module holds open, so that no pod takes the node's descriptors.
 
-Every file a WASI preview1 module opens is a descriptor of the one wasmlet process that runs all
-pods; a module opening files in a loop took the node to its limit (``kubectl logs`` of other pods
-failed, new pods could not get output pipes). A module opens files only through ``path_open``
-(wasmlet gives it no sockets), so the runtime shadows ``path_open``, ``fd_close`` and
-``fd_renumber`` and counts, per container (:class:`FileTable`, ``--max-open-files-per-container``)
-and for the node (:class:`NodeFiles`: the process's limit less a reserve the node keeps for its own
-pipes, sockets and logs). Past the container's cap ``path_open`` fails with ``EMFILE``; past the
-node's budget with ``ENFILE``: the module sees "too many open files", as under a kernel limit.
-
-The real functions cannot be called from the shadow directly: wasmtime's WASI functions read the
-*calling instance's* ``memory`` export, and a function called from the host has no calling
-instance. So each store gets a tiny trampoline instance (:data:`TRAMPOLINE_WAT`) that imports the
-module's memory, re-exports it, and calls the real functions; the shadow calls the trampoline.
-
-The shadows are wasmtime's "unchecked" host functions, called with the raw argument array, which
-is handed on to the trampoline as it is (wasmtime-py's checked path converts every argument to a
-Python value and back, and made an open and close 5x dearer). The C API is reached through
-``wasmtime._ffi``, as :mod:`wasmlet.runtime.engine` does for its epoch callback.
+``path_open``, ``fd_close`` and ``fd_renumber`` are shadowed and counted per container
+(:class:`FileTable`) and for the node (:class:`NodeFiles`), through a per-store trampoline
+instance; why and how: docs/runtime.md.
 """
 
 from __future__ import annotations

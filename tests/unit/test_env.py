@@ -10,7 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wasmlet.pod import env as pod_env
-from wasmlet.pod.env import EnvError, ResolvedEnvironment, SkippedKeys, resolve_environment
+from wasmlet.pod.downward import split_subscripted_path
+from wasmlet.pod.env import ResolvedEnvironment, SkippedKeys, resolve_environment
+from wasmlet.pod.env_error import EnvError
 
 
 class FakeSources:
@@ -344,14 +346,14 @@ def test_field_ref_subscripts_must_be_qualified_names(path: str, reason: str) ->
 
 
 def test_split_subscripted_path() -> None:
-    assert pod_env.split_subscripted_path("metadata.annotations['a[b]c']") == (
+    assert split_subscripted_path("metadata.annotations['a[b]c']") == (
         "metadata.annotations",
         "a[b]c",
     )
-    assert pod_env.split_subscripted_path("metadata.labels['']") == ("metadata.labels", "")
-    assert pod_env.split_subscripted_path("metadata.labels") is None
-    assert pod_env.split_subscripted_path("['x']") is None
-    assert pod_env.split_subscripted_path("x']") is None
+    assert split_subscripted_path("metadata.labels['']") == ("metadata.labels", "")
+    assert split_subscripted_path("metadata.labels") is None
+    assert split_subscripted_path("['x']") is None
+    assert split_subscripted_path("x']") is None
 
 
 # --- env: resourceFieldRef ---------------------------------------------------------------------

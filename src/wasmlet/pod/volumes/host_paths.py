@@ -1,19 +1,5 @@
-"""Which host directories pods may mount as ``hostPath`` volumes: none unless the node says so.
-
-A hostPath volume gives a pod the host's files with the node's own rights (a WASI module reads
-and writes as the wasmlet process). So it is opt-in, as Pod Security's ``baseline`` level and
-kubelet-hardening guides make it: ``--allowed-host-paths PREFIX,...`` lists the directories
-pods may mount (a prefix covers what is below it); the default is none. The node's data dir and
-the cluster's state dir (PKI, ``admin.kubeconfig``) are refused even when a prefix covers them,
-and so is every directory that holds one of them, ``/`` first.
-
-Paths are checked twice: as the pod spells them when the pod is admitted (a refused pod fails
-at once, reason :data:`REASON`), and with every symlink resolved right before the directory is
-opened (:meth:`HostPathPolicy.check_resolved`), so a symlink cannot lead out of an allowed prefix.
-A ``DirectoryOrCreate`` path is created below its allowed prefix one component at a time without
-following symlinks (:meth:`HostPathPolicy.make_directory`), so one swapped in meanwhile fails the
-creation instead of moving it elsewhere.
-"""
+"""hostPath volumes: which host directories pods may mount (none unless the node says so), and
+kubelet's type check of a hostPath volume. Why and how: docs/volumes.md (hostPath)."""
 
 from __future__ import annotations
 
@@ -25,9 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from wasmlet.held_dir import UnsafePathError, open_beneath
+from wasmlet.pod.volumes.atomic_writer import DIR_MODE
+from wasmlet.pod.volumes.spec import SHAPES, Volume, VolumeError, encodable
 
 REASON = "HostPathNotAllowed"
 FLAG = "--allowed-host-paths"
+_HOST_PATH_TYPES = ("", "DirectoryOrCreate", "Directory")
+_FILE_HOST_PATH_TYPES = ("File", "FileOrCreate", "Socket", "CharDevice", "BlockDevice")
 
 
 @dataclass(frozen=True)
@@ -79,6 +69,39 @@ class HostPathPolicy:
             if problem:
                 return f"spec.volumes[{index}].hostPath.path: {problem}"
         return None
+
+
+def host_path_name(source: Mapping[str, Any]) -> str:
+    """The hostPath volume's ``path``: absolute, without ``..``, UTF-8 without NUL."""
+    path = SHAPES.string(source, "path", "hostPath")
+    if not path.startswith("/") or not encodable(path):
+        raise VolumeError(f'hostPath.path "{path}" must be an absolute path (without NUL, in UTF-8)')
+    if ".." in path.split("/"):
+        raise VolumeError(f"hostPath.path \"{path}\" must not contain '..'")
+    return path
+
+
+def check_host_path(volume: Volume, policy: HostPathPolicy) -> None:
+    """hostPath's type check (kubelet's checkType), after refusing what the node does not allow
+    and what cannot be a preopen."""
+    path = host_path_name(volume.source)
+    refusal = policy.refusal(path)
+    if refusal:
+        raise VolumeError(f"hostPath {refusal}")
+    kind = SHAPES.string(volume.source, "type", "hostPath")
+    if kind in _FILE_HOST_PATH_TYPES:
+        raise VolumeError(
+            f"hostPath type {kind} cannot be mounted: a WASI module can only mount directories (preopens)"
+        )
+    if kind not in _HOST_PATH_TYPES:
+        raise VolumeError(f"{kind} is an invalid volume type")
+    if kind != "Directory" and not os.path.exists(path):
+        try:
+            policy.make_directory(path, DIR_MODE)
+        except OSError as exc:  # UnsafePathError too: a component is not a real directory
+            raise VolumeError(f"hostPath {path} cannot be created: {exc.strerror or exc}") from exc
+    if kind and not os.path.isdir(path):
+        raise VolumeError(f"hostPath type check failed: {path} is not a directory")
 
 
 def _real(path: Path | str) -> Path:

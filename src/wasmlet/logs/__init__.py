@@ -1,0 +1,1 @@
+"""Container logs: where they live, the CRI format, the writer with rotation, the reader kubectl logs uses."""

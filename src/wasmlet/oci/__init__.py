@@ -1,0 +1,1 @@
+"""Images: references, credentials, manifests, the registry transport, pulls, pushes, the module store."""

@@ -1,0 +1,1 @@
+"""A pod's volumes as WASI preopens: PodVolumes (:mod:`.pod_volumes`) and a module per type or concern."""
