@@ -15,7 +15,7 @@ from wasmlet.config import ConfigError, load
 from wasmlet.node import eviction
 from wasmlet.node import status as node_status
 from wasmlet.node.eviction import ContainerUsage, EvictionManager, PodUsage, Pressure, Threshold
-from wasmlet.pod import admission
+from wasmlet.pod import admission, lifecycle
 from wasmlet.pod.admission import Rejection
 from wasmlet.pod.controller import ContainerRun, PodRun, pod_status
 from wasmlet.runtime import memory_stats
@@ -299,7 +299,8 @@ def test_an_evicted_pod_fails_with_the_disruption_condition() -> None:
         "metadata": {"name": "hog", "namespace": "ns", "uid": "u1"},
         "spec": {"restartPolicy": "Always", "containers": [{"name": "main", "image": "r/m:v1"}]},
     }
-    crun = ContainerRun("main", "r/m:v1", state={"terminated": {"exitCode": 137}}, ever_started=True)
+    killed = lifecycle.Terminated(137, "Error", "2026-12-07T00:00:00Z", "2026-12-07T00:00:01Z")
+    crun = ContainerRun("main", "r/m:v1", life=lifecycle.Container(state=killed, exited=killed))
     low = "The node was low on resource: memory. "
     run = PodRun(pod, {"main": crun}, rejection=Rejection("Evicted", low))
     assert "DisruptionTarget" not in {c["type"] for c in pod_status(run, "127.0.0.2")["conditions"]}

@@ -6,21 +6,25 @@ from typing import Any
 
 import pytest
 
+from wasmlet.pod import lifecycle
 from wasmlet.pod.controller import ContainerRun, PodRun, _agrees, _resume, pod_status
 
 
-def run_with(
-    state: dict[str, Any],
-    policy: str = "Always",
-    ever_started: bool = True,
-    last: dict[str, Any] | None = None,
-) -> PodRun:
+def life(state: dict[str, Any], last: dict[str, Any] | None = None) -> lifecycle.Container:
+    """A container in the state an API status shows, its last run's end taken from either."""
+    now = lifecycle.state_from_api(state) or lifecycle.Waiting()
+    before = lifecycle.state_from_api(last or {})
+    previous = before if isinstance(before, lifecycle.Terminated) else None
+    end = now if isinstance(now, lifecycle.Terminated) else previous
+    return lifecycle.Container(state=now, last_state=previous, exited=end)
+
+
+def run_with(state: dict[str, Any], policy: str = "Always", last: dict[str, Any] | None = None) -> PodRun:
     pod = {
         "metadata": {"name": "p", "namespace": "default", "uid": "u1"},
         "spec": {"restartPolicy": policy, "containers": [{"name": "main", "image": "r/m:v1"}]},
     }
-    crun = ContainerRun("main", "r/m:v1", state=state, last_state=last or {}, ever_started=ever_started)
-    return PodRun(pod, {"main": crun})
+    return PodRun(pod, {"main": ContainerRun("main", "r/m:v1", life=life(state, last))})
 
 
 TERMINATED_0 = {"terminated": {"exitCode": 0, "reason": "Completed"}}
@@ -50,7 +54,9 @@ def test_phase_and_readiness_follow_the_kubelet(  # noqa: PLR0917
     phase: str,
     ready: bool,
 ) -> None:
-    status = pod_status(run_with(state, policy, ever_started, last), "127.0.0.2")
+    run = run_with(state, policy, last)
+    assert run.containers["main"].life.ever_started is ever_started
+    status = pod_status(run, "127.0.0.2")
     assert status["phase"] == phase
     conditions = {c["type"]: c["status"] for c in status["conditions"]}
     assert conditions["Ready"] == ("True" if ready else "False")
@@ -71,18 +77,15 @@ def test_condition_transition_time_is_kept_while_the_status_holds() -> None:
 
 
 def test_a_container_running_when_the_agent_died_restarts_with_one_more_count() -> None:
-    crun = ContainerRun("main", "r/m:v1")
-    _resume(crun, {"restartCount": 2, "state": {"running": {"startedAt": "2026-11-30T00:00:00Z"}}})
-    assert crun.restart_count == 3
-    assert crun.exit is None
-    assert crun.last_state["terminated"]["exitCode"] == 137
-    assert crun.last_state["terminated"]["startedAt"] == "2026-11-30T00:00:00Z"
+    resumed = _resume({"restartCount": 2, "state": {"running": {"startedAt": "2026-11-30T00:00:00Z"}}})
+    assert resumed.restart_count == 3
+    assert resumed.exited is None
+    assert resumed.last_state is not None and resumed.last_state.exit_code == 137
+    assert resumed.last_state.started_at == "2026-11-30T00:00:00Z"
 
 
 def test_a_terminated_container_keeps_its_exit_and_count() -> None:
-    crun = ContainerRun("main", "r/m:v1")
-    _resume(
-        crun,
+    resumed = _resume(
         {
             "restartCount": 1,
             "state": {
@@ -95,24 +98,22 @@ def test_a_terminated_container_keeps_its_exit_and_count() -> None:
             },
         },
     )
-    assert crun.restart_count == 1
-    assert crun.exit is not None and crun.exit.exit_code == 3
-    assert "terminated" in crun.state
+    assert resumed.restart_count == 1
+    assert resumed.exited is not None and resumed.exited.exit_code == 3
+    assert isinstance(resumed.state, lifecycle.Terminated)
 
 
 def test_a_container_in_back_off_resumes_as_a_restart() -> None:
-    crun = ContainerRun("main", "r/m:v1")
-    _resume(
-        crun,
+    resumed = _resume(
         {
             "restartCount": 4,
             "state": {"waiting": {"reason": "CrashLoopBackOff"}},
             "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}},
         },
     )
-    assert crun.restart_count == 4  # the next start makes it 5
-    assert crun.exit is not None and crun.exit.exit_code == 1
-    assert crun.ever_started
+    assert resumed.restart_count == 4  # the next start makes it 5
+    assert resumed.exited is not None and resumed.exited.exit_code == 1
+    assert resumed.ever_started
 
 
 def test_a_status_changed_by_someone_else_is_reported_again() -> None:

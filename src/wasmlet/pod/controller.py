@@ -5,11 +5,9 @@ Gone) feeds a keyed work queue; a few workers reconcile one pod at a time. Nothi
 a running module reports its exit through a callback that re-queues its pod, and back-offs
 are timers in the queue, so an idle pod costs no CPU.
 
-Each container moves through explicit states, as in Krustlet's kubelet crate:
-waiting (ContainerCreating, ErrImagePull, ImagePullBackOff, CrashLoopBackOff,
-CreateContainerConfigError) → running → terminated (the module's exit code, Completed or
-Error, the trap message), then restarts per restartPolicy with a 10 s back-off doubling to
-5 min. Deleting a pod stops its modules within the grace period, then removes the object.
+Each container's state is a value moved only by :func:`wasmlet.pod.lifecycle.step`, on the
+pod's worker: a module's thread hands its exit over and re-queues the pod. Deleting a pod stops
+its modules within the grace period, then removes the object.
 """
 
 from __future__ import annotations
@@ -41,7 +39,7 @@ from wasmlet.oci.credentials import Keyring
 from wasmlet.oci.errors import NotWasmError, PullError
 from wasmlet.oci.reference import Reference, default_pull_policy, parse_reference
 from wasmlet.oci.store import ModuleStore, PulledModule
-from wasmlet.pod import admission
+from wasmlet.pod import admission, lifecycle
 from wasmlet.pod import env as pod_env
 from wasmlet.pod.admission import Rejection
 from wasmlet.pod.env_error import EnvError
@@ -60,12 +58,6 @@ if TYPE_CHECKING:  # the settings' type only: config sits above every stage
 
 log = logging.getLogger(__name__)
 
-BACKOFF_START = 10.0
-BACKOFF_MAX = 300.0
-BACKOFF_RESET_AFTER = 600.0
-# A container whose configuration cannot be built (a missing ConfigMap, say) is tried again
-# this often, as kubelet's pod workers retry a failed sync.
-CONFIG_RETRY = 10.0
 WORKERS = 4
 # A pod worker waits this long for a pull it has just handed to the pull pool (a warm pull with
 # imagePullPolicy Always takes milliseconds); a longer pull re-queues the pod when it ends.
@@ -99,22 +91,22 @@ class ContainerRun:
 
     name: str
     image: str
-    restart_count: int = 0
-    state: dict[str, Any] = field(default_factory=lambda: {"waiting": {"reason": "ContainerCreating"}})
-    last_state: dict[str, Any] = field(default_factory=dict)
+    life: lifecycle.Container = field(default_factory=lifecycle.Container)
     execution: Execution | None = None
+    ended: ExitStatus | None = None  # set by the module's thread; the pod's worker applies it
     writer: ContainerLogWriter | None = None
     image_id: str = ""
     pull: PullTicket[tuple[PulledModule, Path]] | None = None  # the pull under way
-    backoff: float = 0.0
-    not_before: float = 0.0  # monotonic time before which it may not start again
-    ever_started: bool = False
-    exit: ExitStatus | None = None
     init: bool = False  # an init container: runs to completion before the containers start
 
     @property
     def running(self) -> bool:
-        return self.execution is not None and self.execution.running
+        return isinstance(self.life.state, lifecycle.Running)
+
+    @property
+    def exit(self) -> lifecycle.Terminated | None:
+        """How its last run ended; None before a run and while one runs."""
+        return self.life.exited
 
 
 @dataclass
@@ -205,12 +197,12 @@ class PodController:
         run, crun = self._run_of(namespace, pod, container)
         if previous:  # ValueError (HTTP 400) when it never restarted, as the kubelet answers
             return log_files.previous_log_path(
-                self.log_root, namespace, pod, run.uid, container, crun.restart_count
+                self.log_root, namespace, pod, run.uid, container, crun.life.restart_count
             )
-        path = log_files.log_path(self.log_root, namespace, pod, run.uid, container, crun.restart_count)
-        if not path.exists() and "waiting" in crun.state:
-            reason = crun.state["waiting"].get("reason", "ContainerCreating")
-            raise ValueError(f'container "{container}" in pod "{pod}" is waiting to start: {reason}')
+        path = log_files.log_path(self.log_root, namespace, pod, run.uid, container, crun.life.restart_count)
+        state = crun.life.state
+        if not path.exists() and isinstance(state, lifecycle.Waiting):
+            raise ValueError(f'container "{container}" in pod "{pod}" is waiting to start: {state.reason}')
         return path
 
     def container_finished(self, namespace: str, pod: str, container: str) -> bool:
@@ -358,7 +350,7 @@ class PodController:
             for spec in specs:
                 crun = ContainerRun(spec["name"], spec.get("image", ""), init=init)
                 if spec["name"] in statuses:
-                    _resume(crun, statuses[spec["name"]])
+                    crun.life = _resume(statuses[spec["name"]])
                 runs[spec["name"]] = crun
             return runs
 
@@ -401,6 +393,7 @@ class PodController:
             run = self.runs.get(key)
         if run is None:
             return
+        self._apply_exits(key, run)
         if run.deleted:
             self._stop_all(run, grace=0.0)
             if not any(c.running for c in run.all_containers()):
@@ -543,13 +536,13 @@ class PodController:
             return
         if crun.exit is not None and not _should_restart(run.restart_policy(crun), crun.exit.exit_code):
             return
-        wait = crun.not_before - time.monotonic()
+        wait = crun.life.not_before - time.monotonic()
         if wait > 0:
             self.queue.add_after(key, wait)
             return
         problem = _unsupported(spec)
         if problem:
-            crun.state = {"waiting": {"reason": "CreateContainerConfigError", "message": problem}}
+            self._apply(key, run, crun, lifecycle.Unsupported(problem))
             return
         module = self._pull(key, run, crun, spec)
         if module is not None:
@@ -574,9 +567,7 @@ class PodController:
 
     def _config_error(self, key: str, run: PodRun, crun: ContainerRun, message: str) -> None:
         """The container cannot be configured yet: say why, and try again later (kubelet)."""
-        crun.state = {"waiting": {"reason": "CreateContainerConfigError", "message": message}}
-        self._event(run, "Warning", "Failed", f"Error: {message}")
-        self.queue.add_after(key, CONFIG_RETRY)
+        self._apply(key, run, crun, lifecycle.ConfigFailed(message))
 
     def _environment(
         self, key: str, run: PodRun, crun: ContainerRun, spec: dict[str, Any]
@@ -641,20 +632,10 @@ class PodController:
             self._reject(run, Rejection("NotWasm", message))
             return None
         except ModuleError as exc:  # pulled, but wasmtime cannot run it
-            message = f"Error: {exc}"
-            crun.state = {"waiting": {"reason": "CreateContainerError", "message": str(exc)}}
-            self._event(run, "Warning", "Failed", message)
-            self._back_off(key, crun)
+            self._apply(key, run, crun, lifecycle.CreateFailed(str(exc)))
             return None
         except PullError as exc:
-            previous = crun.state.get("waiting", {}).get("reason")
-            reason = "ImagePullBackOff" if previous in {"ErrImagePull", "ImagePullBackOff"} else exc.reason
-            message = f'Failed to pull image "{image}": {exc}'
-            crun.state = {"waiting": {"reason": reason, "message": message}}
-            self._event(run, "Warning", "Failed", message)
-            if reason == "ImagePullBackOff":
-                self._event(run, "Normal", "BackOff", f'Back-off pulling image "{image}"')
-            self._back_off(key, crun)
+            self._apply(key, run, crun, lifecycle.PullFailed(image, exc.reason, str(exc)))
             return None
 
     def _submit_pull(
@@ -671,10 +652,30 @@ class PodController:
         share = (str(ref), policy, json.dumps(keyring.configs, sort_keys=True))
         return self.puller.pull(share, ref.registry, pull_and_compile, lambda: self.queue.add(key))
 
-    def _back_off(self, key: str, crun: ContainerRun) -> None:
-        crun.backoff = BACKOFF_START if crun.backoff == 0 else min(crun.backoff * 2, BACKOFF_MAX)
-        crun.not_before = time.monotonic() + crun.backoff
-        self.queue.add_after(key, crun.backoff)
+    def _apply(self, key: str, run: PodRun, crun: ContainerRun, event: lifecycle.Event) -> None:
+        """Move the container by ``event`` and perform what the step asks for."""
+        crun.life, effects = lifecycle.step(crun.life, event, time.monotonic())
+        for effect in effects:
+            if isinstance(effect, lifecycle.Record):
+                self._event(run, effect.type, effect.reason, effect.message)
+            else:
+                self.queue.add_after(key, effect.after)
+
+    def _apply_exits(self, key: str, run: PodRun) -> None:
+        """Apply the exits the modules' threads handed over (only the pod's worker moves a state)."""
+        for crun in run.all_containers():
+            status, crun.ended = crun.ended, None
+            if status is not None:
+                self._apply(key, run, crun, self._exit_event(run, crun, status))
+
+    def _exit_event(self, run: PodRun, crun: ContainerRun, status: ExitStatus) -> lifecycle.Exited:
+        return lifecycle.Exited(
+            lifecycle.ended(status, f"wasmlet://{run.uid}/{crun.name}"),
+            ran_for=(status.finished_at - status.started_at).total_seconds(),
+            restart=not run.killing and _should_restart(run.restart_policy(crun), status.exit_code),
+            pod_name=run.pod["metadata"]["name"],
+            container_name=crun.name,
+        )
 
     def _start(
         self,
@@ -688,15 +689,14 @@ class PodController:
         preopens: list[Preopen],
     ) -> None:
         namespace, name = run.pod["metadata"]["namespace"], run.pod["metadata"]["name"]
-        if crun.ever_started and crun.exit is not None:
-            crun.restart_count += 1
-            if "terminated" in crun.state:
-                crun.last_state = crun.state
+        # Running before the start: the module's exit, however soon, comes after it.
+        self._apply(key, run, crun, lifecycle.Started(timestamp()))
+        restarts = crun.life.restart_count
         if crun.writer is not None:
             crun.writer.close()
-        path = log_files.log_path(self.log_root, namespace, name, run.uid, crun.name, crun.restart_count)
-        if crun.restart_count > 1:  # the kubelet keeps the logs of one dead run (--previous)
-            log_files.remove_runs_before(path.parent, crun.restart_count - 1)
+        path = log_files.log_path(self.log_root, namespace, name, run.uid, crun.name, restarts)
+        if restarts > 1:  # the kubelet keeps the logs of one dead run (--previous)
+            log_files.remove_runs_before(path.parent, restarts - 1)
         writer = ContainerLogWriter(path, rotation=self.log_rotation)
         limits = (spec.get("resources") or {}).get("limits") or {}
         run_spec = RunSpec(
@@ -718,44 +718,15 @@ class PodController:
             name=f"{key}/{crun.name}",
         )
         crun.writer = writer
-        crun.exit = None
-        crun.ever_started = True
-        # Running before the start: a module that exits at once reports its exit (from its own
-        # thread) before runtime.start returns, and that must not be overwritten.
-        crun.state = {"running": {"startedAt": timestamp()}}
-        crun.execution = self.runtime.start(run_spec, lambda status: self._exited(key, run, crun, status))
+        crun.execution = self.runtime.start(run_spec, lambda status: self._exited(key, crun, status))
         self._event(run, "Normal", "Created", f"Created container {crun.name}")
         self._event(run, "Normal", "Started", f"Started container {crun.name}")
 
-    def _exited(self, key: str, run: PodRun, crun: ContainerRun, status: ExitStatus) -> None:
-        crun.exit = status
+    def _exited(self, key: str, crun: ContainerRun, status: ExitStatus) -> None:
+        """On the module's thread: close its log and hand the exit to the pod's worker."""
         if crun.writer is not None:
             crun.writer.close()
-        terminated = {
-            "exitCode": status.exit_code,
-            "reason": status.reason if status.reason != "Killed" else "Error",
-            "startedAt": timestamp(status.started_at),
-            "finishedAt": timestamp(status.finished_at),
-            "containerID": f"wasmlet://{run.uid}/{crun.name}",
-        }
-        if status.message:
-            terminated["message"] = status.message
-        crun.state = {"terminated": terminated}
-        ran_for = (status.finished_at - status.started_at).total_seconds()
-        if ran_for > BACKOFF_RESET_AFTER:
-            crun.backoff = 0.0
-        if not run.killing and _should_restart(run.restart_policy(crun), status.exit_code):
-            self._back_off(key, crun)
-            crun.last_state = crun.state
-            crun.state = {
-                "waiting": {
-                    "reason": "CrashLoopBackOff",
-                    "message": f"back-off {crun.backoff:.0f}s restarting failed container="
-                    f"{crun.name} pod={run.pod['metadata']['name']}",
-                }
-            }
-            if status.exit_code != 0:
-                self._event(run, "Warning", "BackOff", f"Back-off restarting failed container {crun.name}")
+        crun.ended = status
         self.queue.add(key)
 
     def _terminate(self, key: str, run: PodRun) -> None:
@@ -825,46 +796,21 @@ class PodController:
         self.events.event(run.pod, kind, reason, message)
 
 
-def _resume(crun: ContainerRun, previous: dict[str, Any]) -> None:
-    """Carry a container's history over from the status an earlier agent reported."""
-    state = previous.get("state") or {}
-    last = previous.get("lastState") or {}
-    crun.restart_count = int(previous.get("restartCount", 0))
-    crun.last_state = last
-    if "running" in state:  # it died with the agent that ran it: this start is a restart
-        crun.ever_started = True
-        crun.restart_count += 1
-        crun.last_state = {
-            "terminated": {
-                "exitCode": 137,
-                "reason": "Error",
-                "message": "the wasmlet node agent restarted",
-                "startedAt": state["running"].get("startedAt"),
-                "finishedAt": timestamp(),
-            }
-        }
-    elif "terminated" in state:
-        crun.ever_started = True
-        crun.state = state
-        crun.exit = _recorded_exit(state["terminated"])
-    elif "terminated" in last:  # waiting to be restarted
-        crun.ever_started = True
-        crun.exit = _recorded_exit(last["terminated"])
-
-
-def _recorded_exit(terminated: dict[str, Any]) -> ExitStatus:
-    def parse(text: str | None) -> dt.datetime:
-        if not text:
-            return dt.datetime.now(dt.UTC)
-        return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-    return ExitStatus(
-        int(terminated.get("exitCode", 0)),
-        str(terminated.get("reason", "")),
-        str(terminated.get("message", "")),
-        parse(terminated.get("startedAt")),
-        parse(terminated.get("finishedAt")),
-    )
+def _resume(previous: dict[str, Any]) -> lifecycle.Container:
+    """A container's history carried over from the status an earlier agent reported."""
+    state = lifecycle.state_from_api(previous.get("state") or {})
+    last = lifecycle.state_from_api(previous.get("lastState") or {})
+    last_end = last if isinstance(last, lifecycle.Terminated) else None
+    restarts = int(previous.get("restartCount", 0))
+    if isinstance(state, lifecycle.Running):  # it died with the agent that ran it: the next start restarts it
+        died = lifecycle.Terminated(
+            137, "Error", state.started_at, timestamp(), message="the wasmlet node agent restarted"
+        )
+        return lifecycle.Container(last_state=died, restart_count=restarts + 1)
+    if isinstance(state, lifecycle.Terminated):
+        return lifecycle.Container(state=state, last_state=last_end, exited=state, restart_count=restarts)
+    # Waiting: to be restarted after a run (that run's end), or never started yet.
+    return lifecycle.Container(last_state=last_end, exited=last_end, restart_count=restarts)
 
 
 def _unsupported(spec: dict[str, Any]) -> str:
@@ -893,19 +839,20 @@ def _metadata_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
 
 
 def _container_status(run: PodRun, crun: ContainerRun, initialized: bool) -> dict[str, Any]:
-    state = crun.state
-    if not initialized and not crun.init and not crun.ever_started:
+    life = crun.life
+    state = life.state.to_api()
+    if not initialized and not crun.init and not life.ever_started:
         state = {"waiting": {"reason": "PodInitializing"}}
     return {
         "name": crun.name,
         "state": state,
-        "lastState": crun.last_state,
+        "lastState": life.last_state.to_api() if life.last_state is not None else {},
         "ready": "running" in state,
         "started": "running" in state,
-        "restartCount": crun.restart_count,
+        "restartCount": life.restart_count,
         "image": crun.image,
         "imageID": crun.image_id,
-        **({"containerID": f"wasmlet://{run.uid}/{crun.name}"} if crun.ever_started else {}),
+        **({"containerID": f"wasmlet://{run.uid}/{crun.name}"} if life.ever_started else {}),
     }
 
 
@@ -1001,6 +948,6 @@ def pod_status(run: PodRun, node_ip: str) -> dict[str, Any]:
     if run.rejection is not None:
         status["reason"] = run.rejection.reason
         status["message"] = run.rejection.message
-        if not any(c.ever_started for c in run.all_containers()):
+        if not any(c.life.ever_started for c in run.all_containers()):
             del status["containerStatuses"]  # refused before anything ran, as kubelet reports it
     return status
