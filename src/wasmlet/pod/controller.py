@@ -51,7 +51,7 @@ from wasmlet.pod.volumes.mounts import Preopen, close_preopens
 from wasmlet.pod.volumes.pod_volumes import PodVolumes
 from wasmlet.pod.volumes.spec import VolumeError
 from wasmlet.runtime import memory_stats
-from wasmlet.runtime.engine import Execution, ExitStatus, ModuleError, RunSpec, Runtime
+from wasmlet.runtime.engine import EXIT_START_FAILED, Execution, ExitStatus, ModuleError, RunSpec, Runtime
 
 if TYPE_CHECKING:  # the settings' type only: config sits above every stage
     from wasmlet.config import NodeConfig
@@ -718,7 +718,14 @@ class PodController:
             name=f"{key}/{crun.name}",
         )
         crun.writer = writer
-        crun.execution = self.runtime.start(run_spec, lambda status: self._exited(key, crun, status))
+        try:
+            crun.execution = self.runtime.start(run_spec, lambda status: self._exited(key, crun, status))
+        except BaseException as exc:  # no thread ran it (say, none could be made): it ended at once
+            now = dt.datetime.now(dt.UTC)
+            cause = f"wasmlet could not start the module: {exc}"
+            failed = ExitStatus(EXIT_START_FAILED, "Error", cause, now, now)
+            self._apply(key, run, crun, self._exit_event(run, crun, failed))
+            raise
         self._event(run, "Normal", "Created", f"Created container {crun.name}")
         self._event(run, "Normal", "Started", f"Started container {crun.name}")
 
