@@ -17,7 +17,8 @@ from wasmlet.node import status as node_status
 from wasmlet.node.eviction import ContainerUsage, EvictionManager, PodUsage, Pressure, Threshold
 from wasmlet.pod import admission, lifecycle
 from wasmlet.pod.admission import Rejection
-from wasmlet.pod.controller import ContainerRun, PodRun, pod_status
+from wasmlet.pod.run import ContainerRun, PodRun
+from wasmlet.pod.status import pod_status
 from wasmlet.runtime import memory_stats
 from wasmlet.runtime.engine import RunSpec, Runtime
 

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from wasmlet.pod import lifecycle
-from wasmlet.pod.controller import ContainerRun, PodRun, _agrees, _resume, pod_status
+from wasmlet.pod.run import ContainerRun, PodRun
+from wasmlet.pod.status import agrees, pod_status
 
 
 def life(state: dict[str, Any], last: dict[str, Any] | None = None) -> lifecycle.Container:
@@ -77,7 +78,9 @@ def test_condition_transition_time_is_kept_while_the_status_holds() -> None:
 
 
 def test_a_container_running_when_the_agent_died_restarts_with_one_more_count() -> None:
-    resumed = _resume({"restartCount": 2, "state": {"running": {"startedAt": "2026-11-30T00:00:00Z"}}})
+    resumed = lifecycle.resumed(
+        {"restartCount": 2, "state": {"running": {"startedAt": "2026-11-30T00:00:00Z"}}}
+    )
     assert resumed.restart_count == 3
     assert resumed.exited is None
     assert resumed.last_state is not None and resumed.last_state.exit_code == 137
@@ -85,7 +88,7 @@ def test_a_container_running_when_the_agent_died_restarts_with_one_more_count() 
 
 
 def test_a_terminated_container_keeps_its_exit_and_count() -> None:
-    resumed = _resume(
+    resumed = lifecycle.resumed(
         {
             "restartCount": 1,
             "state": {
@@ -104,7 +107,7 @@ def test_a_terminated_container_keeps_its_exit_and_count() -> None:
 
 
 def test_a_container_in_back_off_resumes_as_a_restart() -> None:
-    resumed = _resume(
+    resumed = lifecycle.resumed(
         {
             "restartCount": 4,
             "state": {"waiting": {"reason": "CrashLoopBackOff"}},
@@ -119,11 +122,11 @@ def test_a_container_in_back_off_resumes_as_a_restart() -> None:
 def test_a_status_changed_by_someone_else_is_reported_again() -> None:
     run = run_with({"running": {"startedAt": "2026-11-30T00:00:00Z"}})
     ours = pod_status(run, "127.0.0.2")
-    assert _agrees(ours, ours)
+    assert agrees(ours, ours)
     # The node lifecycle controller marked the pod not Ready while the node was unreachable.
     marked = {
         **ours,
         "conditions": [{**c, "status": "False"} if c["type"] == "Ready" else c for c in ours["conditions"]],
     }
-    assert not _agrees(marked, ours)
-    assert not _agrees({}, ours)
+    assert not agrees(marked, ours)
+    assert not agrees({}, ours)

@@ -412,8 +412,10 @@ def test_cpu_limit_throttles_a_spinning_module_to_its_quota(runtime: Runtime, tm
     used = _cpu_seconds_of("limited", runtime, tmp_path, 0.2)
     # 0.2 cores for 1.5 s is 0.3 s; one 5 ms tick of overshoot per 100 ms period allows ~0.38 s.
     assert 0.15 < used < 0.5, used
+    # Unlimited, it spins as much as the machine lets it: at least twice the quota's share even
+    # when other work takes half the cores (an absolute figure failed on a busy machine).
     unlimited = _cpu_seconds_of("unlimited", runtime, tmp_path, None)
-    assert unlimited > 1.2, unlimited
+    assert unlimited > max(2 * used, 0.6), (used, unlimited)
 
 
 def test_a_throttled_module_still_stops_at_once(runtime: Runtime, tmp_path: Path) -> None:

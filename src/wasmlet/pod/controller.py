@@ -19,7 +19,6 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,14 +43,16 @@ from wasmlet.pod import env as pod_env
 from wasmlet.pod.admission import Rejection
 from wasmlet.pod.env_error import EnvError
 from wasmlet.pod.image import ImagePuller, PullTicket
+from wasmlet.pod.run import ContainerRun, PodRun, pod_key, should_restart
 from wasmlet.pod.sources import ApiSources
+from wasmlet.pod.status import agrees, pod_status
 from wasmlet.pod.volumes import host_paths
 from wasmlet.pod.volumes.host_paths import HostPathPolicy
 from wasmlet.pod.volumes.mounts import Preopen, close_preopens
 from wasmlet.pod.volumes.pod_volumes import PodVolumes
 from wasmlet.pod.volumes.spec import VolumeError
 from wasmlet.runtime import memory_stats
-from wasmlet.runtime.engine import EXIT_START_FAILED, Execution, ExitStatus, ModuleError, RunSpec, Runtime
+from wasmlet.runtime.engine import EXIT_START_FAILED, ExitStatus, ModuleError, RunSpec, Runtime
 
 if TYPE_CHECKING:  # the settings' type only: config sits above every stage
     from wasmlet.config import NodeConfig
@@ -79,70 +80,6 @@ MOUNT_RETRY_START = 0.5
 MOUNT_RETRY_MAX = 120.0
 # How often emptyDir sizeLimits are checked (kubelet's eviction manager runs every 10 s).
 EVICTION_CHECK = 10.0
-
-
-def pod_key(pod: dict[str, Any]) -> str:
-    return f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
-
-
-@dataclass
-class ContainerRun:
-    """One container of a pod on this node."""
-
-    name: str
-    image: str
-    life: lifecycle.Container = field(default_factory=lifecycle.Container)
-    execution: Execution | None = None
-    ended: ExitStatus | None = None  # set by the module's thread; the pod's worker applies it
-    writer: ContainerLogWriter | None = None
-    image_id: str = ""
-    pull: PullTicket[tuple[PulledModule, Path]] | None = None  # the pull under way
-    init: bool = False  # an init container: runs to completion before the containers start
-
-    @property
-    def running(self) -> bool:
-        return isinstance(self.life.state, lifecycle.Running)
-
-    @property
-    def exit(self) -> lifecycle.Terminated | None:
-        """How its last run ended; None before a run and while one runs."""
-        return self.life.exited
-
-
-@dataclass
-class PodRun:
-    pod: dict[str, Any]
-    containers: dict[str, ContainerRun]
-    init_containers: dict[str, ContainerRun] = field(default_factory=dict)
-    start_time: str = field(default_factory=timestamp)
-    deleted: bool = False
-    killing: bool = False
-    finished: bool = False
-    last_status: dict[str, Any] | None = None
-    admitted: bool = False  # taken by this node (admission is decided once)
-    volumes: PodVolumes | None = None  # set up once admitted; None until then
-    mounted: bool = False
-    mount_retry: float = 0.0
-    next_volume_check: float = 0.0  # monotonic time of the next refresh or eviction check
-    rejection: Rejection | None = None  # why the pod failed as a whole (refused, deadline, not wasm)
-    evicted_for: str | None = None  # the eviction manager's message, until the sync evicts the pod
-    disrupted: bool = False  # evicted for node pressure: the pod gets the DisruptionTarget condition
-
-    @property
-    def uid(self) -> str:
-        return str(self.pod["metadata"]["uid"])
-
-    def all_containers(self) -> list[ContainerRun]:
-        return [*self.init_containers.values(), *self.containers.values()]
-
-    def restart_policy(self, crun: ContainerRun) -> str:
-        """The pod's policy; init containers of an Always pod restart only on failure (kubelet)."""
-        policy = str(self.pod["spec"].get("restartPolicy", "Always"))
-        return "OnFailure" if crun.init and policy == "Always" else policy
-
-
-def _should_restart(policy: str, exit_code: int) -> bool:
-    return policy == "Always" or (policy == "OnFailure" and exit_code != 0)
 
 
 class PodController:
@@ -350,7 +287,7 @@ class PodController:
             for spec in specs:
                 crun = ContainerRun(spec["name"], spec.get("image", ""), init=init)
                 if spec["name"] in statuses:
-                    crun.life = _resume(statuses[spec["name"]])
+                    crun.life = lifecycle.resumed(statuses[spec["name"]])
                 runs[spec["name"]] = crun
             return runs
 
@@ -534,7 +471,7 @@ class PodController:
     def _sync_container(self, key: str, run: PodRun, spec: dict[str, Any], crun: ContainerRun) -> None:
         if crun.running:
             return
-        if crun.exit is not None and not _should_restart(run.restart_policy(crun), crun.exit.exit_code):
+        if crun.exit is not None and not should_restart(run.restart_policy(crun), crun.exit.exit_code):
             return
         wait = crun.life.not_before - time.monotonic()
         if wait > 0:
@@ -672,7 +609,7 @@ class PodController:
         return lifecycle.Exited(
             lifecycle.ended(status, f"wasmlet://{run.uid}/{crun.name}"),
             ran_for=(status.finished_at - status.started_at).total_seconds(),
-            restart=not run.killing and _should_restart(run.restart_policy(crun), status.exit_code),
+            restart=not run.killing and should_restart(run.restart_policy(crun), status.exit_code),
             pod_name=run.pod["metadata"]["name"],
             container_name=crun.name,
         )
@@ -782,7 +719,7 @@ class PodController:
         # Also when the apiserver's copy was changed by someone else: the node lifecycle
         # controller marks pods not Ready while their node is unreachable, and the kubelet puts
         # its own view back (as kubelet's status manager reconciles).
-        if status == run.last_status and _agrees(run.pod.get("status") or {}, status):
+        if status == run.last_status and agrees(run.pod.get("status") or {}, status):
             return
         meta = run.pod["metadata"]
         try:
@@ -803,23 +740,6 @@ class PodController:
         self.events.event(run.pod, kind, reason, message)
 
 
-def _resume(previous: dict[str, Any]) -> lifecycle.Container:
-    """A container's history carried over from the status an earlier agent reported."""
-    state = lifecycle.state_from_api(previous.get("state") or {})
-    last = lifecycle.state_from_api(previous.get("lastState") or {})
-    last_end = last if isinstance(last, lifecycle.Terminated) else None
-    restarts = int(previous.get("restartCount", 0))
-    if isinstance(state, lifecycle.Running):  # it died with the agent that ran it: the next start restarts it
-        died = lifecycle.Terminated(
-            137, "Error", state.started_at, timestamp(), message="the wasmlet node agent restarted"
-        )
-        return lifecycle.Container(last_state=died, restart_count=restarts + 1)
-    if isinstance(state, lifecycle.Terminated):
-        return lifecycle.Container(state=state, last_state=last_end, exited=state, restart_count=restarts)
-    # Waiting: to be restarted after a run (that run's end), or never started yet.
-    return lifecycle.Container(last_state=last_end, exited=last_end, restart_count=restarts)
-
-
 def _unsupported(spec: dict[str, Any]) -> str:
     if spec.get("restartPolicy") == "Always":
         name = spec["name"]
@@ -830,131 +750,7 @@ def _unsupported(spec: dict[str, Any]) -> str:
     return ""
 
 
-def _agrees(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
-    """Whether the pod's status in the apiserver has the phase and conditions we report."""
-
-    def conditions(status: Mapping[str, Any]) -> set[tuple[str, str]]:
-        return {(str(c.get("type")), str(c.get("status"))) for c in status.get("conditions") or []}
-
-    return current.get("phase") == desired.get("phase") and conditions(desired) <= conditions(current)
-
-
 def _metadata_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     """Whether what downwardAPI volumes show of the pod changed (its labels or annotations)."""
     before, after = old.get("metadata") or {}, new.get("metadata") or {}
     return any(before.get(k) != after.get(k) for k in ("labels", "annotations"))
-
-
-def _container_status(run: PodRun, crun: ContainerRun, initialized: bool) -> dict[str, Any]:
-    life = crun.life
-    state = life.state.to_api()
-    if not initialized and not crun.init and not life.ever_started:
-        state = {"waiting": {"reason": "PodInitializing"}}
-    return {
-        "name": crun.name,
-        "state": state,
-        "lastState": life.last_state.to_api() if life.last_state is not None else {},
-        "ready": "running" in state,
-        "started": "running" in state,
-        "restartCount": life.restart_count,
-        "image": crun.image,
-        "imageID": crun.image_id,
-        **({"containerID": f"wasmlet://{run.uid}/{crun.name}"} if life.ever_started else {}),
-    }
-
-
-def _init_progress(statuses: list[dict[str, Any]]) -> tuple[int, int]:
-    """(pending, failed) init containers, counted as kubelet's getPhase counts them."""
-    pending = failed = 0
-    for status in statuses:
-        state, last = status["state"], status["lastState"]
-        if "terminated" in state:
-            failed += state["terminated"].get("exitCode", 1) != 0
-        elif "waiting" in state and "terminated" in last:
-            failed += last["terminated"].get("exitCode", 1) != 0
-        else:
-            pending += 1
-    return pending, failed
-
-
-def phase_of(policy: str, init: list[dict[str, Any]], containers: list[dict[str, Any]]) -> str:
-    """kubelet's getPhase (pkg/kubelet/kubelet_pods.go) over the reported container statuses."""
-    pending_init, failed_init = _init_progress(init)
-    running = waiting = stopped = succeeded = 0
-    for status in containers:
-        state = status["state"]
-        if "running" in state:
-            running += 1
-        elif "terminated" in state:
-            stopped += 1
-            succeeded += state["terminated"].get("exitCode", 1) == 0
-        elif "terminated" in status["lastState"]:
-            stopped += 1
-        else:
-            waiting += 1
-    if failed_init and policy == "Never":
-        return "Failed"
-    if pending_init or failed_init or waiting:
-        return "Pending"
-    if running:
-        return "Running"
-    if not stopped:
-        return "Pending"
-    if policy != "Always" and stopped == succeeded:
-        return "Succeeded"
-    return "Failed" if policy == "Never" else "Running"
-
-
-def pod_status(run: PodRun, node_ip: str) -> dict[str, Any]:
-    """The pod status a kubelet would report for ``run`` (phase, conditions, container states)."""
-    init = [_container_status(run, c, False) for c in run.init_containers.values()]
-    initialized = all(
-        c.exit is not None and c.exit.exit_code == 0 and not c.running for c in run.init_containers.values()
-    )
-    statuses = [
-        _container_status(run, run.containers[spec["name"]], initialized)
-        for spec in run.pod["spec"].get("containers") or []
-    ]
-    phase = phase_of(str(run.pod["spec"].get("restartPolicy", "Always")), init, statuses)
-    ready = bool(statuses) and all(s["ready"] for s in statuses)
-    if run.rejection is not None:
-        phase, ready = "Failed", False
-    now = timestamp()
-    before = {c["type"]: c for c in (run.last_status or {}).get("conditions", [])}
-
-    def condition(kind: str, ok: bool, reason: str) -> dict[str, Any]:
-        status = "True" if ok else "False"
-        old = before.get(kind)
-        since = old["lastTransitionTime"] if old and old["status"] == status else now
-        cond = {"type": kind, "status": status, "lastProbeTime": None, "lastTransitionTime": since}
-        if not ok:
-            cond["reason"] = reason
-        return cond
-
-    status: dict[str, Any] = {
-        "phase": phase,
-        "conditions": [
-            condition("PodReadyToStartContainers", True, ""),
-            condition("Initialized", initialized, "ContainersNotInitialized"),
-            condition("Ready", ready, "PodFailed" if phase == "Failed" else "ContainersNotReady"),
-            condition("ContainersReady", ready, "PodFailed" if phase == "Failed" else "ContainersNotReady"),
-            condition("PodScheduled", True, ""),
-        ],
-        "hostIP": node_ip,
-        "hostIPs": [{"ip": node_ip}],
-        "podIP": node_ip,
-        "podIPs": [{"ip": node_ip}],
-        "startTime": run.start_time,
-        "containerStatuses": statuses,
-    }
-    if init:
-        status["initContainerStatuses"] = init
-    if run.disrupted and run.rejection is not None:
-        disruption = {**condition("DisruptionTarget", True, ""), "reason": "TerminationByKubelet"}
-        status["conditions"].append({**disruption, "message": run.rejection.message})
-    if run.rejection is not None:
-        status["reason"] = run.rejection.reason
-        status["message"] = run.rejection.message
-        if not any(c.life.ever_started for c in run.all_containers()):
-            del status["containerStatuses"]  # refused before anything ran, as kubelet reports it
-    return status

@@ -273,3 +273,20 @@ def step(container: Container, event: Event, now: float) -> tuple[Container, lis
         state = type(container.state).__name__
         raise IllegalTransition(f"{type(event).__name__} cannot happen to a {state} container")
     return how(container, event, now)
+
+
+def resumed(previous: dict[str, Any]) -> Container:
+    """A container's history carried over from the status an earlier agent reported."""
+    state = state_from_api(previous.get("state") or {})
+    last = state_from_api(previous.get("lastState") or {})
+    last_end = last if isinstance(last, Terminated) else None
+    restarts = int(previous.get("restartCount", 0))
+    if isinstance(state, Running):  # it died with the agent that ran it: the next start restarts it
+        died = Terminated(
+            137, "Error", state.started_at, timestamp(), message="the wasmlet node agent restarted"
+        )
+        return Container(last_state=died, restart_count=restarts + 1)
+    if isinstance(state, Terminated):
+        return Container(state=state, last_state=last_end, exited=state, restart_count=restarts)
+    # Waiting: to be restarted after a run (that run's end), or never started yet.
+    return Container(last_state=last_end, exited=last_end, restart_count=restarts)

@@ -1,0 +1,134 @@
+"""The pod status a kubelet would report: phase, conditions and container states, derived from
+what the node holds (:mod:`wasmlet.pod.run`), never stored twice."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from wasmlet.kube.client import timestamp
+from wasmlet.pod.run import ContainerRun, PodRun
+
+
+def _container_status(run: PodRun, crun: ContainerRun, initialized: bool) -> dict[str, Any]:
+    life = crun.life
+    state = life.state.to_api()
+    if not initialized and not crun.init and not life.ever_started:
+        state = {"waiting": {"reason": "PodInitializing"}}
+    return {
+        "name": crun.name,
+        "state": state,
+        "lastState": life.last_state.to_api() if life.last_state is not None else {},
+        "ready": "running" in state,
+        "started": "running" in state,
+        "restartCount": life.restart_count,
+        "image": crun.image,
+        "imageID": crun.image_id,
+        **({"containerID": f"wasmlet://{run.uid}/{crun.name}"} if life.ever_started else {}),
+    }
+
+
+def _init_progress(statuses: list[dict[str, Any]]) -> tuple[int, int]:
+    """(pending, failed) init containers, counted as kubelet's getPhase counts them."""
+    pending = failed = 0
+    for status in statuses:
+        state, last = status["state"], status["lastState"]
+        if "terminated" in state:
+            failed += state["terminated"].get("exitCode", 1) != 0
+        elif "waiting" in state and "terminated" in last:
+            failed += last["terminated"].get("exitCode", 1) != 0
+        else:
+            pending += 1
+    return pending, failed
+
+
+def phase_of(policy: str, init: list[dict[str, Any]], containers: list[dict[str, Any]]) -> str:
+    """kubelet's getPhase (pkg/kubelet/kubelet_pods.go) over the reported container statuses."""
+    pending_init, failed_init = _init_progress(init)
+    running = waiting = stopped = succeeded = 0
+    for status in containers:
+        state = status["state"]
+        if "running" in state:
+            running += 1
+        elif "terminated" in state:
+            stopped += 1
+            succeeded += state["terminated"].get("exitCode", 1) == 0
+        elif "terminated" in status["lastState"]:
+            stopped += 1
+        else:
+            waiting += 1
+    if failed_init and policy == "Never":
+        return "Failed"
+    if pending_init or failed_init or waiting:
+        return "Pending"
+    if running:
+        return "Running"
+    if not stopped:
+        return "Pending"
+    if policy != "Always" and stopped == succeeded:
+        return "Succeeded"
+    return "Failed" if policy == "Never" else "Running"
+
+
+def pod_status(run: PodRun, node_ip: str) -> dict[str, Any]:
+    """The pod status a kubelet would report for ``run`` (phase, conditions, container states)."""
+    init = [_container_status(run, c, False) for c in run.init_containers.values()]
+    initialized = all(
+        c.exit is not None and c.exit.exit_code == 0 and not c.running for c in run.init_containers.values()
+    )
+    statuses = [
+        _container_status(run, run.containers[spec["name"]], initialized)
+        for spec in run.pod["spec"].get("containers") or []
+    ]
+    phase = phase_of(str(run.pod["spec"].get("restartPolicy", "Always")), init, statuses)
+    ready = bool(statuses) and all(s["ready"] for s in statuses)
+    if run.rejection is not None:
+        phase, ready = "Failed", False
+    now = timestamp()
+    before = {c["type"]: c for c in (run.last_status or {}).get("conditions", [])}
+
+    def condition(kind: str, ok: bool, reason: str) -> dict[str, Any]:
+        status = "True" if ok else "False"
+        old = before.get(kind)
+        since = old["lastTransitionTime"] if old and old["status"] == status else now
+        cond = {"type": kind, "status": status, "lastProbeTime": None, "lastTransitionTime": since}
+        if not ok:
+            cond["reason"] = reason
+        return cond
+
+    status: dict[str, Any] = {
+        "phase": phase,
+        "conditions": [
+            condition("PodReadyToStartContainers", True, ""),
+            condition("Initialized", initialized, "ContainersNotInitialized"),
+            condition("Ready", ready, "PodFailed" if phase == "Failed" else "ContainersNotReady"),
+            condition("ContainersReady", ready, "PodFailed" if phase == "Failed" else "ContainersNotReady"),
+            condition("PodScheduled", True, ""),
+        ],
+        "hostIP": node_ip,
+        "hostIPs": [{"ip": node_ip}],
+        "podIP": node_ip,
+        "podIPs": [{"ip": node_ip}],
+        "startTime": run.start_time,
+        "containerStatuses": statuses,
+    }
+    if init:
+        status["initContainerStatuses"] = init
+    if run.disrupted and run.rejection is not None:
+        disruption = {**condition("DisruptionTarget", True, ""), "reason": "TerminationByKubelet"}
+        status["conditions"].append({**disruption, "message": run.rejection.message})
+    if run.rejection is not None:
+        status["reason"] = run.rejection.reason
+        status["message"] = run.rejection.message
+        if not any(c.life.ever_started for c in run.all_containers()):
+            del status["containerStatuses"]  # refused before anything ran, as kubelet reports it
+    return status
+
+
+def agrees(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    """Whether the pod's status in the apiserver has the phase and conditions we report."""
+
+    def conditions(status: Mapping[str, Any]) -> set[tuple[str, str]]:
+        return {(str(c.get("type")), str(c.get("status"))) for c in status.get("conditions") or []}
+
+    return current.get("phase") == desired.get("phase") and conditions(desired) <= conditions(current)
