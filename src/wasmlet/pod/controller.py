@@ -8,6 +8,9 @@ are timers in the queue, so an idle pod costs no CPU.
 Each container's state is a value moved only by :func:`wasmlet.pod.lifecycle.step`, on the
 pod's worker: a module's thread hands its exit over and re-queues the pod. Deleting a pod stops
 its modules within the grace period, then removes the object.
+
+Over 400 lines until the pod-level stages leave it (issue 12 continues: a pod stage table as
+pod/lifecycle.py has for containers, and collaborators passed in instead of built here).
 """
 
 from __future__ import annotations
