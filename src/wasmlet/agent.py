@@ -6,18 +6,35 @@ import logging
 import resource
 import signal
 import threading
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+from wasmlet import paths
 from wasmlet.config import NodeConfig
 from wasmlet.kube import kubeconfig
 from wasmlet.kube.client import Client
+from wasmlet.kube.events import EventRecorder
+from wasmlet.kube.workqueue import WorkQueue
+from wasmlet.logs.rotation import LogRotation
 from wasmlet.node import eviction, image_gc
+from wasmlet.node import status as node_status
 from wasmlet.node.bootstrap import Bootstrapper
 from wasmlet.node.connections import ConnectionLimits
 from wasmlet.node.server import Authorizer, KubeletServer
 from wasmlet.node.status import NodeAgent
+from wasmlet.oci.client import RegistryOptions
+from wasmlet.oci.store import ModuleStore
+from wasmlet.pod.collaborators import Admission
 from wasmlet.pod.controller import PodController
+from wasmlet.pod.image import ContainerImages
+from wasmlet.pod.logsource import PodLogSource
+from wasmlet.pod.sources import ApiSources
+from wasmlet.pod.start import ContainerStarter, Limits
+from wasmlet.pod.status import StatusWriter
+from wasmlet.pod.volumes.host_paths import HostPathPolicy
+from wasmlet.pod.volumes.manager import VolumeManager
+from wasmlet.pod.watch import PodWatch
 from wasmlet.runtime.engine import Runtime
 
 log = logging.getLogger(__name__)
@@ -50,10 +67,80 @@ def open_files_budget(limit: int, max_pods: int) -> int:
     return max(limit - reserve, limit // 4)
 
 
+@dataclass
+class PodParts:
+    """The pod controller and what it was built from that others use too."""
+
+    controller: PodController
+    store: ModuleStore
+    events: EventRecorder
+    logs: PodLogSource
+
+
+def build_pods(config: NodeConfig, client: Client, runtime: Runtime, pressure: eviction.Pressure) -> PodParts:
+    """The pod controller with its collaborators, from the node's settings."""
+    store = ModuleStore(config.data_dir / ".oci" / "modules")
+    events = EventRecorder(
+        client, "wasmlet", config.node_name, qps=config.event_qps, burst=config.event_burst
+    )
+    sources = ApiSources(client)
+    allocatable = node_status.allocatable(config, node_status.capacity(config))
+    # The node's own state is never a pod's hostPath, whatever --allowed-host-paths says.
+    own = (config.data_dir, paths.cluster_dir(), config.kubeconfig.parent, config.cert_file.parent)
+    host_paths = HostPathPolicy.of(config.allowed_host_paths, protected=own)
+    log_root = config.data_dir / "logs"
+    queue = WorkQueue()
+    options = RegistryOptions(
+        insecure_registries=config.insecure_registries,
+        ca_files=config.registry_ca_files,
+        pull_timeout=config.image_pull_timeout,
+        max_module_size=config.max_module_size,
+    )
+    images = ContainerImages(
+        store,
+        runtime,
+        options,
+        pull_secrets=lambda namespace, name: client.get(f"/api/v1/namespaces/{namespace}/secrets/{name}"),
+        events=events,
+        requeue=queue.add,
+        max_parallel=config.max_parallel_image_pulls,
+    )
+    volumes = VolumeManager(
+        config.data_dir / "pods",
+        sources,
+        allocatable=allocatable,
+        host_paths=host_paths,
+        events=events,
+        requeue=queue.add_after,
+    )
+    starter = ContainerStarter(
+        runtime,
+        volumes,
+        sources,
+        events,
+        node_ip=config.node_ip,
+        allocatable=allocatable,
+        log_root=log_root,
+        log_rotation=LogRotation(config.container_log_max_size, config.container_log_max_files),
+        limits=Limits(config.default_memory_limit, config.max_open_files_per_container),
+    )
+    controller = PodController(
+        images=images,
+        volumes=volumes,
+        starter=starter,
+        status=StatusWriter(client, config.node_ip),
+        events=events,
+        admission_by=Admission(allocatable, pressure, host_paths),
+        log_root=log_root,
+        queue=queue,
+    )
+    return PodParts(controller, store, events, PodLogSource(log_root, controller.find, controller.all_runs))
+
+
 class Agent:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
-        self.pods: PodController | None = None
+        self.pods: PodParts | None = None
         self.runtime: Runtime | None = None
         self.stop = threading.Event()
         self.bootstrapper = Bootstrapper(config)
@@ -95,28 +182,29 @@ class Agent:
         self.runtime = Runtime(config.data_dir / "cache" / "compiled", open_files_budget=budget)
         pod_client = Client.from_kubeconfig(config.kubeconfig)
         self.clients.append(pod_client)
-        self.pods = PodController(config, pod_client, self.runtime, pressure)
-        self.pods.start()
+        self.pods = pods = build_pods(config, pod_client, self.runtime, pressure)
+        pods.controller.start()
+        PodWatch(pod_client, config.node_name, pods.controller, self.stop).start()
         evictions = eviction.EvictionManager(
             config.eviction_hard,
-            usage=self.pods.memory_usage,
-            evict=self.pods.evict,
-            gone=self.pods.released,
+            usage=pods.controller.memory_usage,
+            evict=pods.controller.evict,
+            gone=pods.controller.released,
             pressure=pressure,
             transition=config.eviction_pressure_transition_period,
         )
         self._spawn("eviction", evictions.run, self.stop)
         gc = image_gc.ImageGC(
-            self.pods.store,
+            pods.store,
             config.data_dir / "cache" / "compiled",
             config.data_dir / "pods",
-            self.pods.in_use,
+            pods.controller.in_use,
             image_gc.GCPolicy(
                 config.image_gc_high_threshold, config.image_gc_low_threshold, config.image_minimum_gc_age
             ),
             forget_compiled=self.runtime.forget,
         )
-        self._spawn("image-gc", gc.run, self.stop, self.pods.listed)
+        self._spawn("image-gc", gc.run, self.stop, pods.controller.listed)
         self.bootstrapper.ensure_serving(self.stop)
         ca_pem = kubeconfig.load(config.kubeconfig).ca_pem or b""
         self.server = KubeletServer(
@@ -125,7 +213,7 @@ class Agent:
             key_file=config.private_key_file,
             client_ca_pem=ca_pem,
             authorizer=Authorizer(client, config.node_name),
-            source=self.pods,
+            source=pods.logs,
             limits=ConnectionLimits(max_connections=config.max_api_connections),
         )
         self._spawn(f"kubelet-api:{config.addr}:{config.port}", self.server.serve_forever)
@@ -151,6 +239,8 @@ class Agent:
             self.server.shutdown()
             self.server.server_close()
         if self.pods is not None:
-            self.pods.shutdown()
+            self.pods.controller.shutdown()
+            self.pods.events.flush(2.0)
+            self.pods.events.close()
         if self.runtime is not None:
             self.runtime.close()

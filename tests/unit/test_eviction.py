@@ -15,7 +15,7 @@ from wasmlet.config import ConfigError, load
 from wasmlet.node import eviction
 from wasmlet.node import status as node_status
 from wasmlet.node.eviction import ContainerUsage, EvictionManager, PodUsage, Pressure, Threshold
-from wasmlet.pod import admission, lifecycle
+from wasmlet.pod import admission, lifecycle, stages
 from wasmlet.pod.admission import Rejection
 from wasmlet.pod.run import ContainerRun, PodRun
 from wasmlet.pod.status import pod_status
@@ -303,9 +303,9 @@ def test_an_evicted_pod_fails_with_the_disruption_condition() -> None:
     killed = lifecycle.Terminated(137, "Error", "2026-12-07T00:00:00Z", "2026-12-07T00:00:01Z")
     crun = ContainerRun("main", "r/m:v1", life=lifecycle.Container(state=killed, exited=killed))
     low = "The node was low on resource: memory. "
-    run = PodRun(pod, {"main": crun}, rejection=Rejection("Evicted", low))
+    run = PodRun(pod, {"main": crun}, stage=stages.Failed(Rejection("Evicted", low)))
     assert "DisruptionTarget" not in {c["type"] for c in pod_status(run, "127.0.0.2")["conditions"]}
-    run.disrupted = True
+    run.stage = stages.Failed(Rejection("Evicted", low), disrupted=True)
     status = pod_status(run, "127.0.0.2")
     assert (status["phase"], status["reason"]) == ("Failed", "Evicted")
     target = next(c for c in status["conditions"] if c["type"] == "DisruptionTarget")

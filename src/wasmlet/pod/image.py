@@ -16,17 +16,38 @@ kubelet's pod worker shows a pod whose image is being pulled.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
+
+from wasmlet.kube.client import ApiError
+from wasmlet.oci.client import RegistryOptions
+from wasmlet.oci.credentials import Keyring
+from wasmlet.oci.reference import Reference, default_pull_policy, parse_reference
+from wasmlet.oci.store import ModuleStore, PulledModule
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 DEFAULT_MAX_PARALLEL = 4
+# A pod worker waits this long for a pull it has just handed to the pull pool (a warm pull with
+# imagePullPolicy Always takes milliseconds); a longer pull re-queues the pod when it ends.
+PULL_INLINE_WAIT = 0.05
+
+
+@dataclass(frozen=True)
+class Pulled:
+    """A container's module, ready to run."""
+
+    compiled: Path  # what the runtime loads
+    digest: str  # the image's digest (``imageID``)
 
 
 class PullTicket(Generic[T]):
@@ -139,3 +160,110 @@ class ImagePuller:
                     callback()
                 except Exception:
                     log.exception("pull %r: a completion callback failed", ticket.key)
+
+
+class Compiler(Protocol):
+    """Turns a stored module into what the runtime loads (``Runtime.precompile``)."""
+
+    def precompile(self, module: Path) -> Path: ...
+
+
+class EventSink(Protocol):
+    """Where a pod's events go (:class:`wasmlet.kube.events.EventRecorder`)."""
+
+    def event(self, obj: dict[str, Any], kind: str, reason: str, message: str) -> None: ...
+
+
+class ContainerImages:
+    """A container's compiled module: from the store when the pull policy allows it, otherwise
+    pulled (with the pod's ``imagePullSecrets``) and compiled on the pull pool.
+
+    :meth:`module` never waits on a registry: it returns None while a pull runs and queues the
+    pod again when it ends. Errors are the store's: :class:`~wasmlet.oci.errors.NotWasmError`,
+    :class:`~wasmlet.oci.errors.PullError`, :class:`~wasmlet.runtime.engine.ModuleError`.
+    """
+
+    def __init__(
+        self,
+        store: ModuleStore,
+        compiler: Compiler,
+        options: RegistryOptions,
+        *,
+        pull_secrets: Callable[[str, str], Mapping[str, Any] | None],
+        events: EventSink,
+        requeue: Callable[[str], None],
+        max_parallel: int = DEFAULT_MAX_PARALLEL,
+    ) -> None:
+        self.store = store
+        self.compiler = compiler
+        self.options = options
+        self.pull_secrets = pull_secrets
+        self.events = events
+        self.requeue = requeue
+        self.puller = ImagePuller(max_parallel)
+        self.pulls: dict[tuple[str, str], PullTicket[tuple[PulledModule, Path]]] = {}  # (pod uid, container)
+        self.lock = threading.Lock()
+
+    def module(self, key: str, pod: dict[str, Any], spec: Mapping[str, Any]) -> Pulled | None:
+        """The compiled module of container ``spec`` of ``pod``, or None while it is pulled."""
+        image = str(spec.get("image", ""))
+        slot = (str(pod["metadata"]["uid"]), str(spec["name"]))
+        with self.lock:
+            ticket = self.pulls.get(slot)
+        if ticket is None:
+            ref = parse_reference(image)
+            policy = spec.get("imagePullPolicy") or default_pull_policy(ref)
+            stored = self.store.lookup(ref) if policy != "Always" else None
+            if stored is not None or policy == "Never":  # no network: stored, or ErrImageNeverPull
+                stored = stored or self.store.ensure(ref, policy)
+                return Pulled(self.compiler.precompile(stored.path), stored.digest)
+            self.events.event(pod, "Normal", "Pulling", f'Pulling image "{image}"')
+            ticket = self._submit(key, pod, ref, policy)
+            with self.lock:
+                self.pulls[slot] = ticket
+        if not ticket.wait(PULL_INLINE_WAIT):
+            return None  # Waiting (ContainerCreating) until the pull ends and re-queues the pod
+        with self.lock:
+            self.pulls.pop(slot, None)
+        pulled, compiled = ticket.outcome()
+        if pulled.pulled:
+            message = f'Successfully pulled image "{image}" ({pulled.size} bytes)'
+            self.events.event(pod, "Normal", "Pulled", message)
+        return Pulled(compiled, pulled.digest)
+
+    def forget(self, uid: str) -> None:
+        """The pod is gone: drop what it waited for (a shared pull goes on for the others)."""
+        with self.lock:
+            for pending in [k for k in self.pulls if k[0] == uid]:
+                del self.pulls[pending]
+
+    def close(self) -> None:
+        self.puller.close()
+
+    def _keyring(self, pod: Mapping[str, Any]) -> Keyring:
+        configs = []
+        namespace = pod["metadata"]["namespace"]
+        for ref in pod["spec"].get("imagePullSecrets") or []:
+            try:
+                secret = self.pull_secrets(namespace, str(ref.get("name", "")))
+            except ApiError as exc:
+                log.warning("pod %s/%s: imagePullSecret %s: %s", namespace, pod["metadata"]["name"], ref, exc)
+                continue
+            data = ((secret or {}).get("data") or {}).get(".dockerconfigjson")
+            if data:
+                configs.append(json.loads(base64.b64decode(data)))
+        return Keyring.from_dockerconfigs(configs)
+
+    def _submit(
+        self, key: str, pod: Mapping[str, Any], ref: Reference, policy: str
+    ) -> PullTicket[tuple[PulledModule, Path]]:
+        """Pull (and compile) ``ref`` on the pull pool; pods asking for it meanwhile share the pull."""
+        keyring = self._keyring(pod)
+
+        def pull_and_compile() -> tuple[PulledModule, Path]:
+            pulled = self.store.ensure(ref, policy, keyring, options=self.options)
+            return pulled, self.compiler.precompile(pulled.path)
+
+        # Pods with other pull secrets pull on their own: a refused pod never shares a granted pull.
+        share = (str(ref), policy, json.dumps(keyring.configs, sort_keys=True))
+        return self.puller.pull(share, ref.registry, pull_and_compile, lambda: self.requeue(key))

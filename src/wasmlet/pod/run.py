@@ -1,24 +1,28 @@
-"""What the node holds of each pod and container it runs: the API object and the state moved by
-the lifecycle (:mod:`wasmlet.pod.lifecycle`), plus the handles of the running parts."""
+"""What the node holds of each pod and container it runs: the API object, the states moved by
+:mod:`wasmlet.pod.stages` and :mod:`wasmlet.pod.lifecycle`, and the handles of the running parts."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from wasmlet.kube.client import timestamp
 from wasmlet.logs.writer import ContainerLogWriter
-from wasmlet.oci.store import PulledModule
-from wasmlet.pod import lifecycle
-from wasmlet.pod.admission import Rejection
-from wasmlet.pod.image import PullTicket
-from wasmlet.pod.volumes.pod_volumes import PodVolumes
-from wasmlet.runtime.engine import Execution, ExitStatus
+from wasmlet.pod import lifecycle, stages
+from wasmlet.runtime.engine import ExitStatus
 
 
 def pod_key(pod: dict[str, Any]) -> str:
     return f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+
+
+class RunningModule(Protocol):
+    """A module started by the runtime (:class:`wasmlet.runtime.engine.Execution`)."""
+
+    @property
+    def memory_base(self) -> int | None: ...
+
+    def stop(self, grace: float) -> None: ...
 
 
 @dataclass
@@ -28,11 +32,10 @@ class ContainerRun:
     name: str
     image: str
     life: lifecycle.Container = field(default_factory=lifecycle.Container)
-    execution: Execution | None = None
+    execution: RunningModule | None = None
     ended: ExitStatus | None = None  # set by the module's thread; the pod's worker applies it
     writer: ContainerLogWriter | None = None
     image_id: str = ""
-    pull: PullTicket[tuple[PulledModule, Path]] | None = None  # the pull under way
     init: bool = False  # an init container: runs to completion before the containers start
 
     @property
@@ -51,18 +54,12 @@ class PodRun:
     containers: dict[str, ContainerRun]
     init_containers: dict[str, ContainerRun] = field(default_factory=dict)
     start_time: str = field(default_factory=timestamp)
-    deleted: bool = False
-    killing: bool = False
-    finished: bool = False
+    stage: stages.Stage = field(default_factory=stages.Admitting)  # moved only by stages.step, on its worker
     last_status: dict[str, Any] | None = None
-    admitted: bool = False  # taken by this node (admission is decided once)
-    volumes: PodVolumes | None = None  # set up once admitted; None until then
-    mounted: bool = False
-    mount_retry: float = 0.0
-    next_volume_check: float = 0.0  # monotonic time of the next refresh or eviction check
-    rejection: Rejection | None = None  # why the pod failed as a whole (refused, deadline, not wasm)
-    evicted_for: str | None = None  # the eviction manager's message, until the sync evicts the pod
-    disrupted: bool = False  # evicted for node pressure: the pod gets the DisruptionTarget condition
+    # Handed over by other threads for the pod's worker to apply: the API object was deleted
+    # (the watch), the eviction manager's message.
+    object_gone: bool = False
+    eviction: str | None = None
 
     @property
     def uid(self) -> str:
@@ -79,3 +76,31 @@ class PodRun:
 
 def should_restart(policy: str, exit_code: int) -> bool:
     return policy == "Always" or (policy == "OnFailure" and exit_code != 0)
+
+
+def adopted(pod: dict[str, Any]) -> PodRun:
+    """State for a pod seen for the first time; restart counts continue from its status."""
+    status = pod.get("status") or {}
+    statuses = {s["name"]: s for s in status.get("containerStatuses") or []}
+    statuses.update({s["name"]: s for s in status.get("initContainerStatuses") or []})
+
+    def adopt(specs: list[dict[str, Any]], init: bool) -> dict[str, ContainerRun]:
+        runs = {}
+        for spec in specs:
+            crun = ContainerRun(spec["name"], spec.get("image", ""), init=init)
+            if spec["name"] in statuses:
+                crun.life = lifecycle.resumed(statuses[spec["name"]])
+            runs[spec["name"]] = crun
+        return runs
+
+    run = PodRun(
+        pod,
+        adopt(pod["spec"].get("containers") or [], False),
+        adopt(pod["spec"].get("initContainers") or [], True),
+    )
+    if status.get("startTime"):
+        run.start_time = status["startTime"]
+    # Admitted by an earlier agent on this node: it reported containers or a later phase.
+    phase = str(status.get("phase", ""))
+    run.stage = stages.adopted(phase, bool(statuses) or phase in {"Running", "Succeeded", "Failed"})
+    return run

@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from wasmlet.kube.client import timestamp
+from wasmlet.kube.client import ApiError, Client, timestamp
+from wasmlet.pod import stages
 from wasmlet.pod.run import ContainerRun, PodRun
 
 
@@ -82,7 +83,8 @@ def pod_status(run: PodRun, node_ip: str) -> dict[str, Any]:
     ]
     phase = phase_of(str(run.pod["spec"].get("restartPolicy", "Always")), init, statuses)
     ready = bool(statuses) and all(s["ready"] for s in statuses)
-    if run.rejection is not None:
+    failed = run.stage if isinstance(run.stage, stages.Failed) else None
+    if failed is not None:
         phase, ready = "Failed", False
     now = timestamp()
     before = {c["type"]: c for c in (run.last_status or {}).get("conditions", [])}
@@ -114,12 +116,12 @@ def pod_status(run: PodRun, node_ip: str) -> dict[str, Any]:
     }
     if init:
         status["initContainerStatuses"] = init
-    if run.disrupted and run.rejection is not None:
+    if failed is not None and failed.disrupted:
         disruption = {**condition("DisruptionTarget", True, ""), "reason": "TerminationByKubelet"}
-        status["conditions"].append({**disruption, "message": run.rejection.message})
-    if run.rejection is not None:
-        status["reason"] = run.rejection.reason
-        status["message"] = run.rejection.message
+        status["conditions"].append({**disruption, "message": failed.why.message})
+    if failed is not None:
+        status["reason"] = failed.why.reason
+        status["message"] = failed.why.message
         if not any(c.life.ever_started for c in run.all_containers()):
             del status["containerStatuses"]  # refused before anything ran, as kubelet reports it
     return status
@@ -132,3 +134,52 @@ def agrees(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
         return {(str(c.get("type")), str(c.get("status"))) for c in status.get("conditions") or []}
 
     return current.get("phase") == desired.get("phase") and conditions(desired) <= conditions(current)
+
+
+class StatusWriter:
+    """Writes what :func:`pod_status` says to the apiserver, and deletes a pod whose containers
+    have all stopped after its deletion was asked for (kubelet's status manager does both)."""
+
+    def __init__(self, client: Client, node_ip: str) -> None:
+        self.client = client
+        self.node_ip = node_ip
+
+    def report(self, run: PodRun) -> str | None:
+        """Patch the pod's status when it changed; the phase written, None when nothing was."""
+        status = pod_status(run, self.node_ip)
+        # Also when the apiserver's copy was changed by someone else: the node lifecycle
+        # controller marks pods not Ready while their node is unreachable, and the kubelet puts
+        # its own view back (as kubelet's status manager reconciles).
+        if status == run.last_status and agrees(run.pod.get("status") or {}, status):
+            return None
+        meta = run.pod["metadata"]
+        try:
+            self.client.patch(
+                f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status",
+                {"metadata": {"uid": meta["uid"]}, "status": status},
+                "merge",
+            )
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        run.last_status = status
+        return str(status["phase"])
+
+    def delete(self, pod: Mapping[str, Any]) -> None:
+        """Remove the object at once (its containers have stopped), if it is still this pod."""
+        meta = pod["metadata"]
+        try:
+            self.client.request(
+                "DELETE",
+                f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
+                {
+                    "apiVersion": "v1",
+                    "kind": "DeleteOptions",
+                    "gracePeriodSeconds": 0,
+                    "preconditions": {"uid": meta["uid"]},
+                },
+            )
+        except ApiError as exc:
+            if exc.status not in {404, 409}:
+                raise

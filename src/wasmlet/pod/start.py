@@ -1,0 +1,175 @@
+"""Starting a container: what its spec asks checked, its environment and mounts built, its log
+opened and its module handed to the runtime -- kubelet's ``startContainer`` for a wasm module.
+
+:meth:`ContainerStarter.configure` may fail with :class:`ConfigError` (the container's
+``CreateContainerConfigError``: a missing ConfigMap, a mount that cannot be made) before anything
+runs; :meth:`ContainerStarter.launch` then starts the module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from wasmlet.kube.quantity import parse_quantity
+from wasmlet.logs import files as log_files
+from wasmlet.logs.rotation import LogRotation
+from wasmlet.logs.writer import ContainerLogWriter
+from wasmlet.pod import env as pod_env
+from wasmlet.pod.env_error import EnvError
+from wasmlet.pod.run import ContainerRun, PodRun, RunningModule
+from wasmlet.pod.volumes.mounts import Preopen, close_preopens
+from wasmlet.pod.volumes.spec import VolumeError
+from wasmlet.runtime.engine import ExitStatus, RunSpec
+
+# Container fields a WebAssembly module cannot honour, each refused with the reason.
+_PROBES = "probes exec a command or call the container over the network; WASI modules have neither"
+UNSUPPORTED_CONTAINER_FIELDS = {
+    "livenessProbe": _PROBES,
+    "readinessProbe": _PROBES,
+    "startupProbe": _PROBES,
+    "lifecycle": "lifecycle hooks exec a command or call the container over the network",
+    "stdin": "a module reads an empty stdin and attach is not served",
+    "tty": "a module has no terminal",
+    "volumeDevices": "a WASI module can only mount directories, not block devices",
+    "workingDir": "a WASI module has no working directory; its paths resolve against its mounts",
+}
+
+
+def unsupported(spec: Mapping[str, Any]) -> str:
+    """Why wasmlet cannot create this container as asked, or ""."""
+    if spec.get("restartPolicy") == "Always":
+        name = spec["name"]
+        return f"sidecar containers (restartPolicy Always) are not supported by wasmlet (container {name})"
+    for field_name, reason in UNSUPPORTED_CONTAINER_FIELDS.items():
+        if spec.get(field_name):
+            return f"{field_name} is not supported by wasmlet: {reason} (container {spec['name']})"
+    return ""
+
+
+class ConfigError(Exception):
+    """The container cannot be configured yet (kubelet's ``CreateContainerConfigError``)."""
+
+
+class ModuleRunner(Protocol):
+    """Runs modules (:class:`wasmlet.runtime.engine.Runtime`)."""
+
+    def start(self, spec: RunSpec, on_exit: Callable[[ExitStatus], None]) -> RunningModule: ...
+
+
+class Mounts(Protocol):
+    """A pod's volumes as preopened directories (:class:`wasmlet.pod.volumes.manager.VolumeManager`)."""
+
+    def preopens(
+        self, pod: Mapping[str, Any], container: Mapping[str, Any], env: Mapping[str, str]
+    ) -> list[Preopen]: ...
+
+
+class EventSink(Protocol):
+    def event(self, obj: dict[str, Any], kind: str, reason: str, message: str) -> None: ...
+
+
+@dataclass
+class Configured:
+    """A container ready to start: its variables and its open mounts (closed if it never starts)."""
+
+    spec: Mapping[str, Any]
+    env: dict[str, str]
+    preopens: list[Preopen]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the node gives a container that does not say."""
+
+    default_memory: int  # bytes of linear memory without limits.memory
+    max_open_files: int
+
+
+class ContainerStarter:
+    def __init__(
+        self,
+        runtime: ModuleRunner,
+        mounts: Mounts,
+        sources: pod_env.Sources,
+        events: EventSink,
+        *,
+        node_ip: str,
+        allocatable: Mapping[str, str],
+        log_root: Path,
+        log_rotation: LogRotation,
+        limits: Limits,
+    ) -> None:
+        self.runtime = runtime
+        self.mounts = mounts
+        self.sources = sources
+        self.events = events
+        self.node_ip = node_ip
+        self.allocatable = allocatable
+        self.log_root = log_root
+        self.log_rotation = log_rotation
+        self.limits = limits
+
+    def configure(self, run: PodRun, spec: Mapping[str, Any]) -> Configured:
+        """The container's variables as kubelet builds them, and its mounts; ConfigError when either
+        cannot be made yet."""
+        ips = (self.node_ip,)
+        try:
+            resolved = pod_env.resolve_environment(
+                run.pod, spec, self.sources, host_ips=ips, pod_ips=ips, allocatable=self.allocatable
+            )
+        except EnvError as exc:
+            raise ConfigError(str(exc)) from exc
+        for skipped in resolved.skipped:
+            self.events.event(run.pod, "Warning", skipped.reason, skipped.message)
+        try:
+            preopens = self.mounts.preopens(run.pod, spec, resolved.env)
+        except VolumeError as exc:
+            raise ConfigError(str(exc)) from exc
+        return Configured(spec, resolved.env, preopens)
+
+    def launch(
+        self,
+        run: PodRun,
+        crun: ContainerRun,
+        module: Path,
+        ready: Configured,
+        on_exit: Callable[[ExitStatus], None],
+    ) -> RunningModule:
+        """Open the run's log and start the module; its mounts are the runtime's from here on."""
+        meta = run.pod["metadata"]
+        try:
+            restarts = crun.life.restart_count
+            if crun.writer is not None:
+                crun.writer.close()
+            path = log_files.log_path(
+                self.log_root, meta["namespace"], meta["name"], run.uid, crun.name, restarts
+            )
+            if restarts > 1:  # the kubelet keeps the logs of one dead run (--previous)
+                log_files.remove_runs_before(path.parent, restarts - 1)
+            crun.writer = writer = ContainerLogWriter(path, rotation=self.log_rotation)
+            limits = (ready.spec.get("resources") or {}).get("limits") or {}
+            run_spec = RunSpec(
+                module=module,
+                argv=pod_env.argv(ready.spec, ready.env),
+                env=ready.env,
+                preopens=ready.preopens,
+                # limits.memory (or the node's default) caps the linear memory; limits.cpu is a
+                # CFS-like quota per 100 ms.
+                memory_limit_bytes=(
+                    int(parse_quantity(str(limits["memory"])))
+                    if "memory" in limits
+                    else self.limits.default_memory
+                ),
+                max_open_files=self.limits.max_open_files,
+                cpu_limit=float(parse_quantity(str(limits["cpu"]))) if "cpu" in limits else None,
+                stdout=writer.stdout,
+                stderr=writer.stderr,
+                name=f"{meta['namespace']}/{meta['name']}/{crun.name}",
+            )
+            return self.runtime.start(run_spec, on_exit)
+        except BaseException:
+            close_preopens(ready.preopens)  # the runtime closes them once it has them (closing is idempotent)
+            raise
