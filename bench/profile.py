@@ -13,11 +13,14 @@ from bench.common import collapsed_stacks
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 # Thread kinds, by a (function, file) near the root of the stack.
 _THREAD_KINDS = [
-    ("_work", "wasmlet/pods.py", "pod workers"),
-    ("_watch", "wasmlet/pods.py", "pod watch"),
-    ("_run", "wasmlet/runtime.py", "module threads"),
-    ("_run_timers", "wasmlet/workqueue.py", "work queue timer"),
-    ("run", "wasmlet/node.py", "node heartbeat"),
+    ("work", "wasmlet/pod/controller.py", "pod workers"),
+    ("run", "wasmlet/pod/watch.py", "pod watch"),
+    ("_work", "wasmlet/pod/image.py", "image pulls"),
+    ("_run", "wasmlet/runtime/engine.py", "module threads"),
+    ("_run", "wasmlet/runtime/outputs.py", "module output pump"),
+    ("_run", "wasmlet/kube/events.py", "event recorder"),
+    ("_run_timers", "wasmlet/kube/workqueue.py", "work queue timer"),
+    ("run", "wasmlet/node/status.py", "node heartbeat"),
     ("serve_forever", "socketserver.py", "kubelet API"),
     ("process_request_thread", "socketserver.py", "kubelet API"),
 ]
@@ -25,8 +28,8 @@ _THREAD_KINDS = [
 
 @dataclass(frozen=True)
 class Frame:
-    func: str  # qualified name, e.g. PodController._sync
-    file: str  # wasmlet/pods.py for wasmlet's own files, else as py-spy printed it
+    func: str  # qualified name, e.g. PodController.sync
+    file: str  # wasmlet/pod/controller.py for wasmlet's own files, else as py-spy printed it
 
     @property
     def short(self) -> str:
@@ -59,30 +62,30 @@ def thread_kind(frames: list[Frame]) -> str:
 
 
 def worker_step(frames: list[Frame]) -> str:
-    """The pod controller step a pod-worker sample is in: the wasmlet call right under ``_sync``
+    """The pod controller step a pod-worker sample is in: the wasmlet call right under ``sync``
     (and, under ``_sync_container``, the one below that)."""
     for index, frame in enumerate(frames):
-        if frame.short == "_sync" and frame.file == "wasmlet/pods.py":
+        if frame.short == "sync" and frame.file == "wasmlet/pod/controller.py":
             below = [f for f in frames[index + 1 :] if f.wasmlet]
             if not below:
-                return "_sync itself"
+                return "sync itself"
             step = below[0].func
             if below[0].short == "_sync_container" and len(below) > 1:
                 step = f"{step} → {below[1].func}"
             return step
-    return "outside _sync (waiting for work, queue)"
+    return "outside sync (waiting for work, queue)"
 
 
 def worker_purpose(frames: list[Frame]) -> str:
     """What a pod-worker sample is for: its innermost wasmlet function outside the API client
     (the caller of an apiserver request), or waiting for work."""
-    ours = [f for f in frames if f.wasmlet and f.file != "wasmlet/kubeapi.py"]
+    ours = [f for f in frames if f.wasmlet and f.file != "wasmlet/kube/client.py"]
     if not ours:
         return "(no wasmlet frame)"
     inner = ours[-1]
-    if inner.file == "wasmlet/workqueue.py" or inner.short == "_work":
+    if inner.file == "wasmlet/kube/workqueue.py" or inner.short == "work":
         return "waiting for work (WorkQueue.get)"
-    api = any(f.file == "wasmlet/kubeapi.py" for f in frames)
+    api = any(f.file == "wasmlet/kube/client.py" for f in frames)
     return f"{inner}{' → apiserver request' if api else ''}"
 
 

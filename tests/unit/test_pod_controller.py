@@ -282,6 +282,8 @@ def test_an_image_that_is_not_wasm_fails_the_pod_and_starts_nothing_more(node: N
     assert isinstance(run.stage, stages.Failed) and run.stage.why.reason == "NotWasm"
     assert node.starter.order == ["c0"]
     assert node.starter.started["c0"].stops == [0.0]  # the pod failed as a whole: stopped at once
+    node.starter.started["c0"].end(137)
+    node.controller.sync(KEY)
     assert node.phase() == "Failed"
 
 
@@ -354,6 +356,7 @@ def test_an_eviction_asked_from_another_thread_fails_the_pod_disrupted(node: Nod
     node.controller.sync(KEY)
     assert stage_of(run) == stages.Failed(eviction_rejection("The node was low on resource: memory. "), True)
     assert node.starter.started["c0"].stops == [0.0]
+    assert node.phase() == "Running"  # not Failed while a module still runs (kubelet)
     node.starter.started["c0"].end(137)
     node.controller.sync(KEY)
     assert node.controller.released(KEY)
@@ -368,6 +371,11 @@ def test_a_pod_past_its_deadline_fails_and_one_before_it_is_looked_at_again(node
     node.controller.sync(KEY)
     assert isinstance(run.stage, stages.Failed) and run.stage.why.reason == "DeadlineExceeded"
     assert node.starter.started["c0"].stops == [0.0]
+    assert node.phase() == "Running"
+    node.starter.started["c0"].end(137)
+    node.controller.sync(KEY)
+    assert node.status.written[-1]["reason"] == "DeadlineExceeded"
+    assert "terminated" in node.status.written[-1]["containerStatuses"][0]["state"]
 
 
 def test_a_new_pod_of_the_same_name_replaces_the_old_one(node: Node) -> None:

@@ -198,6 +198,8 @@ class PodController:
             self._admit(key, run)
         if stages.runs_containers(run.stage):
             self._sync_pod(key, run)
+        if isinstance(run.stage, stages.Failed) and any(c.running for c in run.all_containers()):
+            return  # the terminal phase only once every container has stopped, as kubelet; exits re-queue
         phase = self.status.report(run)
         if phase in {"Succeeded", "Failed"}:
             self._move(key, run, stages.Ended())
