@@ -611,9 +611,11 @@ def running_node(
     max_pods: int = 110,
     ip: str = NODE_IP,
     patch: str | None = None,
+    flags: tuple[str, ...] = (),
 ) -> Iterator[Node]:
     """A real ``wasmlet`` process joined to ``cluster`` by TLS bootstrap, its serving certificate
     approved, pulling from the local registry; stopped and its Node deleted afterwards.
+    ``flags``: more of wasmlet's flags.
 
     ``patch`` (for experiments, not a wasmlet setting): Python run in the node's process before
     wasmlet's ``main``, e.g. ``wasmlet.pod.controller.WORKERS = 16``.
@@ -634,6 +636,7 @@ def running_node(
         *command,
         *("--node-name", name, "--hostname", name, "--node-ip", ip, "--port", "10250"),
         *("--data-dir", str(data_dir), "--max-pods", str(max_pods), "--insecure-registries", REGISTRY),
+        *flags,
     ]
     with output.open("wb") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

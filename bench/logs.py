@@ -225,7 +225,13 @@ def run(ctx: Context) -> Outcome:
     spam = wasm("logspam", lines=lines)
     slow_spam = wasm("logspam", lines=callback_lines)
     cluster = ctx.cluster()
-    with cluster.admin() as admin, running_node(cluster, admin, ctx.workdir, "bench-logs") as node:
+    # The throughput cost is read from the pod's log, first line to last: no rotation may drop the
+    # first ("start") of the ~90 MB a full run writes (the default --container-log-max-size is 10Mi).
+    keep_all = ("--container-log-max-size", "1Gi")
+    with (
+        cluster.admin() as admin,
+        running_node(cluster, admin, ctx.workdir, "bench-logs", flags=keep_all) as node,
+    ):
         ticker = push("ticker", wasm("ticker", interval_ns=interval_ns), ctx.workdir)
         spam_image = push("logspam", spam, ctx.workdir)
         with namespace(admin, "bench-logs") as ns, PodWatcher(cluster, ns) as watcher:
