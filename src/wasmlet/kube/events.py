@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from wasmlet.kube.client import ApiError, Client, timestamp
 
@@ -29,6 +29,12 @@ SERIES_WINDOW = 600.0  # repeats within 10 minutes count on one event (client-go
 SERIES_LIMIT = 4096  # events remembered for counting repeats (client-go's LRU holds 4096)
 
 Key = tuple[str, str, str, str]  # involved object uid, type, reason, message
+
+
+class EventSink(Protocol):
+    """Where events about an object go: :class:`EventRecorder`, or a test's fake."""
+
+    def event(self, obj: dict[str, Any], kind: str, reason: str, message: str) -> None: ...
 
 
 class TokenBucket:

@@ -60,12 +60,6 @@ class Status(Protocol):
     def delete(self, pod: Mapping[str, Any]) -> None: ...
 
 
-class Events(Protocol):
-    """:class:`wasmlet.kube.events.EventRecorder`"""
-
-    def event(self, obj: dict[str, Any], kind: str, reason: str, message: str) -> None: ...
-
-
 @dataclass(frozen=True)
 class Admission:
     """What admission decides by: the node's allocatable, its pressure and the hostPath policy."""

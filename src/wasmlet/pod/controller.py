@@ -27,13 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from wasmlet.kube.client import timestamp
+from wasmlet.kube.events import EventSink
 from wasmlet.kube.workqueue import WorkQueue
 from wasmlet.logs import files as log_files
 from wasmlet.node import eviction, image_gc
 from wasmlet.oci.errors import NotWasmError, PullError
 from wasmlet.pod import admission, lifecycle, stages
 from wasmlet.pod.admission import Rejection
-from wasmlet.pod.collaborators import Admission, Events, Images, Starter, Status, Volumes
+from wasmlet.pod.collaborators import Admission, Images, Starter, Status, Volumes
 from wasmlet.pod.image import Pulled
 from wasmlet.pod.run import ContainerRun, PodRun, adopted, pod_key, should_restart
 from wasmlet.pod.start import ConfigError, unsupported
@@ -55,7 +56,7 @@ class PodController:
         volumes: Volumes,
         starter: Starter,
         status: Status,
-        events: Events,
+        events: EventSink,
         admission_by: Admission,
         log_root: Path,
         queue: WorkQueue | None = None,
@@ -214,9 +215,9 @@ class PodController:
             if rejection is None and refusal is not None:
                 rejection = Rejection(host_paths.REASON, refusal)
             if rejection is None:
-                others = [
-                    r.pod for k, r in self._runs_items() if k != key and stages.holds_resources(r.stage)
-                ]
+                with self.lock:
+                    runs = list(self.runs.items())
+                others = [r.pod for k, r in runs if k != key and stages.holds_resources(r.stage)]
                 try:
                     rejection = admission.fit(run.pod, others, by.allocatable)
                 except ValueError as exc:
@@ -392,10 +393,6 @@ class PodController:
         for crun in run.all_containers():
             if crun.writer is not None:
                 crun.writer.close()
-
-    def _runs_items(self) -> list[tuple[str, PodRun]]:
-        with self.lock:
-            return list(self.runs.items())
 
     def _event(self, run: PodRun, kind: str, reason: str, message: str) -> None:
         self.events.event(run.pod, kind, reason, message)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 from wasmlet.kube.client import ApiError
+from wasmlet.kube.events import EventSink
 from wasmlet.oci.client import RegistryOptions
 from wasmlet.oci.credentials import Keyring
 from wasmlet.oci.reference import Reference, default_pull_policy, parse_reference
@@ -166,12 +167,6 @@ class Compiler(Protocol):
     """Turns a stored module into what the runtime loads (``Runtime.precompile``)."""
 
     def precompile(self, module: Path) -> Path: ...
-
-
-class EventSink(Protocol):
-    """Where a pod's events go (:class:`wasmlet.kube.events.EventRecorder`)."""
-
-    def event(self, obj: dict[str, Any], kind: str, reason: str, message: str) -> None: ...
 
 
 class ContainerImages:

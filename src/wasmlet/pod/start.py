@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from wasmlet.kube.events import EventSink
 from wasmlet.kube.quantity import parse_quantity
 from wasmlet.logs import files as log_files
 from wasmlet.logs.rotation import LogRotation
@@ -65,10 +66,6 @@ class Mounts(Protocol):
     def preopens(
         self, pod: Mapping[str, Any], container: Mapping[str, Any], env: Mapping[str, str]
     ) -> list[Preopen]: ...
-
-
-class EventSink(Protocol):
-    def event(self, obj: dict[str, Any], kind: str, reason: str, message: str) -> None: ...
 
 
 @dataclass

@@ -8,8 +8,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from wasmlet.kube.events import EventSink
 from wasmlet.pod.volumes.content import VolumeSources
 from wasmlet.pod.volumes.host_paths import HostPathPolicy
 from wasmlet.pod.volumes.mounts import Preopen
@@ -21,10 +22,6 @@ MOUNT_RETRY_START = 0.5
 MOUNT_RETRY_MAX = 120.0
 # How often emptyDir sizeLimits are checked (kubelet's eviction manager runs every 10 s).
 EVICTION_CHECK = 10.0
-
-
-class EventSink(Protocol):
-    def event(self, obj: dict[str, Any], kind: str, reason: str, message: str) -> None: ...
 
 
 @dataclass
