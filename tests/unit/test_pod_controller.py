@@ -244,7 +244,10 @@ def test_a_start_that_raises_is_restarted_with_back_off_by_always(node: Node) ->
         node.controller.sync(KEY)
     run = node.controller.find(KEY)
     assert run is not None
-    assert isinstance(run.containers["c0"].life.state, lifecycle.Waiting)
+    assert isinstance(run.containers["c0"].life.state, lifecycle.Terminated)  # restarted at once...
+    with pytest.raises(OSError):
+        node.controller.sync(KEY)
+    assert isinstance(run.containers["c0"].life.state, lifecycle.Waiting)  # ...then backed off
     assert run.containers["c0"].life.state.reason == "CrashLoopBackOff"
     assert (KEY, 10.0) in node.queue.later
 
@@ -262,6 +265,40 @@ def test_init_containers_run_one_at_a_time_before_the_containers(node: Node) -> 
     node.controller.sync(KEY)
     assert node.starter.order == ["i0", "i1", "c0"]
     assert run.stage == stages.Syncing()
+
+
+def test_an_init_container_not_started_yet_is_pod_initializing_like_the_others(node: Node) -> None:
+    node.images.answers["r/i0:v1"] = None  # its pull is under way
+    node.run(make_pod("r/a:v1", init=("r/i0:v1",)))
+    written = node.status.written[-1]
+    initializing = {"waiting": {"reason": "PodInitializing"}}
+    assert written["initContainerStatuses"][0]["state"] == initializing  # not ContainerCreating
+    assert written["containerStatuses"][0]["state"] == initializing
+
+
+def test_a_refused_field_waits_with_its_reason_and_says_it_once_in_an_event(node: Node) -> None:
+    pod = make_pod("r/a:v1")
+    pod["spec"]["containers"][0]["tty"] = True
+    run = node.run(pod)
+    node.controller.sync(KEY)
+    state = run.containers["c0"].life.state
+    assert isinstance(state, lifecycle.Waiting) and state.reason == "CreateContainerConfigError"
+    assert "tty is not supported by wasmlet" in state.message
+    assert node.events.recorded == [("Warning", "Failed", f"Error: {state.message}")]
+
+
+def test_an_ephemeral_container_waits_with_a_message_and_an_event(node: Node) -> None:
+    run = node.run(make_pod("r/a:v1"))
+    debug = {"name": "debugger-x", "image": "busybox", "targetContainerName": "c0"}
+    node.controller.observe({**run.pod, "spec": {**run.pod["spec"], "ephemeralContainers": [debug]}})
+    node.controller.sync(KEY)
+    node.controller.sync(KEY)
+    (status,) = node.status.written[-1]["ephemeralContainerStatuses"]
+    waiting = status["state"]["waiting"]
+    assert status["name"] == "debugger-x" and waiting["reason"] == "CreateContainerConfigError"
+    assert "ephemeral containers are not supported by wasmlet (container debugger-x)" in waiting["message"]
+    assert node.events.recorded.count(("Warning", "Failed", f"Error: {waiting['message']}")) == 1
+    assert node.phase() == "Running"  # the pod itself runs on
 
 
 def test_a_pull_under_way_waits_and_a_failed_one_backs_off(node: Node) -> None:

@@ -1,13 +1,19 @@
-"""The pull pool: bounded, fair between registries, one pull per image."""
+"""The pull pool: bounded, fair between registries, one pull per image; and the pull events."""
 
 from __future__ import annotations
 
+import re
 import threading
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from wasmlet.pod.image import ImagePuller
+from wasmlet.oci.client import RegistryOptions
+from wasmlet.oci.store import ModuleStore, PulledModule
+from wasmlet.pod.image import ContainerImages, ImagePuller
 
 DEADLINE = 5.0
 
@@ -100,3 +106,70 @@ def test_a_failed_pull_raises_its_error_to_every_asker(puller: ImagePuller) -> N
             ticket.outcome()
     again = puller.pull("img", "reg", lambda: "ok", lambda: None)  # a finished pull is not reused
     assert again is not first and again.wait(DEADLINE) and again.outcome() == "ok"
+
+
+class Compiler:
+    def precompile(self, module: Path) -> Path:
+        return module.with_suffix(".cwasm")
+
+
+class Events:
+    def __init__(self) -> None:
+        self.recorded: list[tuple[str, str, str]] = []
+
+    def event(self, obj: dict[str, Any], kind: str, reason: str, message: str) -> None:
+        self.recorded.append((kind, reason, message))
+
+
+class PullingStore(ModuleStore):
+    """A store whose every ensure is a pull of ``size`` bytes (no registry)."""
+
+    def ensure(self, reference: Any, policy: str = "IfNotPresent", *args: Any, **kwargs: Any) -> PulledModule:
+        return PulledModule(self.root / "m.wasm", "sha256:" + "a" * 64, 1234, pulled=True)
+
+
+def _images(store: ModuleStore, events: Events) -> ContainerImages:
+    return ContainerImages(
+        store,
+        Compiler(),
+        RegistryOptions(),
+        pull_secrets=lambda *_: None,
+        events=events,
+        requeue=lambda _: None,
+    )
+
+
+POD = {"metadata": {"name": "p", "namespace": "ns", "uid": "u1"}, "spec": {}}
+
+
+def test_every_start_from_the_store_records_already_present(tmp_path: Path) -> None:
+    store, events = ModuleStore(tmp_path), Events()
+    image = "127.0.0.1:5000/app:v1"
+    entry = store.entry_dir(image)
+    entry.mkdir(parents=True)
+    (entry / "module.wasm").write_bytes(b"\0asm\1\0\0\0")
+    (entry / "digest.txt").write_text("sha256:" + "b" * 64 + "\n")
+    images = _images(store, events)
+    spec = {"name": "main", "image": image, "imagePullPolicy": "IfNotPresent"}
+    for _start in range(2):  # the first start and a restart: kubelet's EnsureImageExists each time
+        assert images.module("ns/p", POD, spec) is not None
+    present = ("Normal", "Pulled", f'Container image "{image}" already present on machine')
+    assert events.recorded == [present, present]
+    images.close()
+
+
+def test_a_pull_records_its_time_and_size_as_kubelet_words_it(tmp_path: Path) -> None:
+    events = Events()
+    images = _images(PullingStore(tmp_path), events)
+    image = "127.0.0.1:5000/app:v1"
+    spec = {"name": "main", "image": image, "imagePullPolicy": "Always"}
+    deadline = time.monotonic() + DEADLINE
+    while images.module("ns/p", POD, spec) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    kinds = [(kind, reason) for kind, reason, _ in events.recorded]
+    assert kinds == [("Normal", "Pulling"), ("Normal", "Pulled")]
+    pattern = (
+        rf'Successfully pulled image "{re.escape(image)}" in [0-9.]+m?s \([0-9.]+m?s including waiting\)\. '
+    )
+    assert re.fullmatch(pattern + r"Image size: 1234 bytes\.", events.recorded[1][2])
+    images.close()

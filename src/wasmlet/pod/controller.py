@@ -37,7 +37,7 @@ from wasmlet.pod.admission import Rejection
 from wasmlet.pod.collaborators import Admission, Images, Starter, Status, Volumes
 from wasmlet.pod.image import Pulled
 from wasmlet.pod.run import ContainerRun, PodRun, adopted, pod_key, should_restart
-from wasmlet.pod.start import ConfigError, unsupported
+from wasmlet.pod.start import ConfigError, ephemeral_refusal, unsupported
 from wasmlet.pod.volumes import host_paths
 from wasmlet.runtime import memory_stats
 from wasmlet.runtime.engine import EXIT_START_FAILED, ExitStatus, ModuleError
@@ -235,6 +235,9 @@ class PodController:
         if exceeded:
             self._move(key, run, stages.Fail(Rejection(eviction.REASON, exceeded)))
             return
+        for spec in run.pod["spec"].get("ephemeralContainers") or []:
+            crun = run.ephemeral.setdefault(spec["name"], ContainerRun(spec["name"], spec.get("image", "")))
+            self._apply(key, run, crun, lifecycle.Unsupported(ephemeral_refusal(spec["name"])))
         for spec in run.pod["spec"].get("initContainers") or []:
             crun = run.init_containers[spec["name"]]
             if not (crun.exit is not None and crun.exit.exit_code == 0 and not crun.running):
@@ -356,7 +359,7 @@ class PodController:
             ran_for=(status.finished_at - status.started_at).total_seconds(),
             restart=stages.runs_containers(run.stage)
             and should_restart(run.restart_policy(crun), status.exit_code),
-            pod_name=run.pod["metadata"]["name"],
+            pod=run.described,
             container_name=crun.name,
         )
 

@@ -52,3 +52,19 @@ def utf8(text: str) -> bytes:
 def _printable(ch: str) -> bool:
     """Go's unicode.IsPrint but for the space: letters, marks, numbers, punctuation, symbols."""
     return unicodedata.category(ch)[0] in "LMNPS"
+
+
+def go_duration(seconds: float) -> str:
+    """Go's time.Duration.String of ``seconds`` truncated to milliseconds (kubelet's
+    ``Truncate(time.Millisecond)``): 10s, 1m20s, 5m0s, 1h0m0s, 1.5s, 250ms."""
+    millis = int(seconds * 1000)
+    if millis == 0:
+        return "0s"
+    if millis < 1000:
+        return f"{millis}ms"
+    hours, rest = divmod(millis, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    secs = f"{rest // 1000}" + (f".{rest % 1000:03d}".rstrip("0") if rest % 1000 else "") + "s"
+    if hours:
+        return f"{hours}h{minutes}m{secs}"
+    return f"{minutes}m{secs}" if minutes else secs

@@ -20,6 +20,7 @@ import base64
 import json
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from wasmlet.oci.client import RegistryOptions
 from wasmlet.oci.credentials import Keyring
 from wasmlet.oci.reference import Reference, default_pull_policy, parse_reference
 from wasmlet.oci.store import ModuleStore, PulledModule
+from wasmlet.pod.go_strings import go_duration
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,15 @@ class Pulled:
 
     compiled: Path  # what the runtime loads
     digest: str  # the image's digest (``imageID``)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What a pull on the pool gives: the stored module, compiled, and how long the pull took."""
+
+    module: PulledModule
+    compiled: Path
+    pull_seconds: float
 
 
 class PullTicket(Generic[T]):
@@ -196,35 +207,48 @@ class ContainerImages:
         self.events = events
         self.requeue = requeue
         self.puller = ImagePuller(max_parallel)
-        self.pulls: dict[tuple[str, str], PullTicket[tuple[PulledModule, Path]]] = {}  # (pod uid, container)
+        # (pod uid, container) -> the pull it waits for, and when it asked (monotonic)
+        self.pulls: dict[tuple[str, str], tuple[PullTicket[Fetched], float]] = {}
         self.lock = threading.Lock()
 
     def module(self, key: str, pod: dict[str, Any], spec: Mapping[str, Any]) -> Pulled | None:
-        """The compiled module of container ``spec`` of ``pod``, or None while it is pulled."""
+        """The compiled module of container ``spec`` of ``pod``, or None while it is pulled.
+
+        Each start records kubelet's ``Pulled`` event: "already present on machine", or the pull's
+        time and size (EnsureImageExists).
+        """
         image = str(spec.get("image", ""))
         slot = (str(pod["metadata"]["uid"]), str(spec["name"]))
         with self.lock:
-            ticket = self.pulls.get(slot)
-        if ticket is None:
+            waiting = self.pulls.get(slot)
+        if waiting is None:
             ref = parse_reference(image)
             policy = spec.get("imagePullPolicy") or default_pull_policy(ref)
             stored = self.store.lookup(ref) if policy != "Always" else None
             if stored is not None or policy == "Never":  # no network: stored, or ErrImageNeverPull
                 stored = stored or self.store.ensure(ref, policy)
-                return Pulled(self.compiler.precompile(stored.path), stored.digest)
+                ready = Pulled(self.compiler.precompile(stored.path), stored.digest)
+                present = f'Container image "{image}" already present on machine'
+                self.events.event(pod, "Normal", "Pulled", present)
+                return ready
             self.events.event(pod, "Normal", "Pulling", f'Pulling image "{image}"')
-            ticket = self._submit(key, pod, ref, policy)
+            waiting = (self._submit(key, pod, ref, policy), time.monotonic())
             with self.lock:
-                self.pulls[slot] = ticket
+                self.pulls[slot] = waiting
+        ticket, asked = waiting
         if not ticket.wait(PULL_INLINE_WAIT):
             return None  # Waiting (ContainerCreating) until the pull ends and re-queues the pod
         with self.lock:
             self.pulls.pop(slot, None)
-        pulled, compiled = ticket.outcome()
-        if pulled.pulled:
-            message = f'Successfully pulled image "{image}" ({pulled.size} bytes)'
+        fetched = ticket.outcome()
+        if fetched.module.pulled:
+            took, waited = go_duration(fetched.pull_seconds), go_duration(time.monotonic() - asked)
+            message = (
+                f'Successfully pulled image "{image}" in {took} ({waited} including waiting). '
+                f"Image size: {fetched.module.size} bytes."
+            )
             self.events.event(pod, "Normal", "Pulled", message)
-        return Pulled(compiled, pulled.digest)
+        return Pulled(fetched.compiled, fetched.module.digest)
 
     def forget(self, uid: str) -> None:
         """The pod is gone: drop what it waited for (a shared pull goes on for the others)."""
@@ -249,15 +273,15 @@ class ContainerImages:
                 configs.append(json.loads(base64.b64decode(data)))
         return Keyring.from_dockerconfigs(configs)
 
-    def _submit(
-        self, key: str, pod: Mapping[str, Any], ref: Reference, policy: str
-    ) -> PullTicket[tuple[PulledModule, Path]]:
+    def _submit(self, key: str, pod: Mapping[str, Any], ref: Reference, policy: str) -> PullTicket[Fetched]:
         """Pull (and compile) ``ref`` on the pull pool; pods asking for it meanwhile share the pull."""
         keyring = self._keyring(pod)
 
-        def pull_and_compile() -> tuple[PulledModule, Path]:
+        def pull_and_compile() -> Fetched:
+            began = time.monotonic()
             pulled = self.store.ensure(ref, policy, keyring, options=self.options)
-            return pulled, self.compiler.precompile(pulled.path)
+            took = time.monotonic() - began
+            return Fetched(pulled, self.compiler.precompile(pulled.path), took)
 
         # Pods with other pull secrets pull on their own: a refused pod never shares a granted pull.
         share = (str(ref), policy, json.dumps(keyring.configs, sort_keys=True))

@@ -8,8 +8,11 @@ container and the :data:`Effect` s the caller performs (events to record, when t
 pod's worker calls :func:`step`; a module's thread hands its exit over as an :class:`Exited`.
 
 The kubelet's words and timings: ``ErrImagePull`` on a failed pull, ``ImagePullBackOff`` on the
-next failure while it still fails; ``CrashLoopBackOff`` after an exit the restart policy
-restarts; back-off 10 s doubling to 5 min, reset after 10 min of running.
+next failure while it still fails. Restarts as kubelet's ``doBackOff`` times them
+(pkg/kubelet/kuberuntime/kuberuntime_manager.go): the first restart after an exit is immediate
+and opens a back-off of 10 s; each later exit waits out the back-off (``CrashLoopBackOff``, a
+``BackOff`` event whatever the exit code) and the restart doubles it, up to 5 min; a run of more
+than 10 min starts over.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wasmlet.kube.client import timestamp
+from wasmlet.pod.go_strings import go_duration
 from wasmlet.runtime.engine import ExitStatus
 
 BACKOFF_START = 10.0
@@ -113,7 +117,8 @@ class Container:
     last_state: Terminated | None = None  # the previous run's end, as ``lastState`` shows it
     exited: Terminated | None = None  # how the current run ended; None before a run and while it runs
     restart_count: int = 0
-    backoff: float = 0.0  # seconds of the next back-off step; 0: none under way
+    backoff: float = 0.0  # kubelet's crash-loop back-off, seconds; 0: none (restart at once)
+    retry_backoff: float = 0.0  # seconds of the pull or create back-off; 0: none under way
     not_before: float = 0.0  # monotonic time before which it may not start again
 
     @property
@@ -160,7 +165,7 @@ class Exited:
     end: Terminated
     ran_for: float  # seconds
     restart: bool  # the restart policy restarts it and the pod is not being killed
-    pod_name: str
+    pod: str  # as kubelet names it in messages: name_namespace(uid)
     container_name: str
 
 
@@ -194,13 +199,17 @@ class IllegalTransition(Exception):
 Step = Callable[[Container, Any, float], tuple[Container, list[Effect]]]
 
 
-def _backed_off(c: Container, now: float) -> Container:
-    backoff = BACKOFF_START if c.backoff == 0 else min(c.backoff * 2, BACKOFF_MAX)
-    return dataclasses.replace(c, backoff=backoff, not_before=now + backoff)
+def _retry_later(c: Container, now: float) -> Container:
+    """The pull or create back-off: 10 s, doubling to 5 min."""
+    backoff = BACKOFF_START if c.retry_backoff == 0 else min(c.retry_backoff * 2, BACKOFF_MAX)
+    return dataclasses.replace(c, retry_backoff=backoff, not_before=now + backoff)
 
 
 def _unsupported(c: Container, e: Unsupported, _now: float) -> tuple[Container, list[Effect]]:
-    return dataclasses.replace(c, state=Waiting("CreateContainerConfigError", e.message)), []
+    waiting = Waiting("CreateContainerConfigError", e.message)
+    if c.state == waiting:
+        return c, []  # said already: the spec cannot change
+    return dataclasses.replace(c, state=waiting), [Record("Warning", "Failed", f"Error: {e.message}")]
 
 
 def _config_failed(c: Container, e: ConfigFailed, _now: float) -> tuple[Container, list[Effect]]:
@@ -209,23 +218,25 @@ def _config_failed(c: Container, e: ConfigFailed, _now: float) -> tuple[Containe
 
 
 def _create_failed(c: Container, e: CreateFailed, now: float) -> tuple[Container, list[Effect]]:
-    waiting = _backed_off(dataclasses.replace(c, state=Waiting("CreateContainerError", e.message)), now)
-    return waiting, [Record("Warning", "Failed", f"Error: {e.message}"), LookAgain(waiting.backoff)]
+    waiting = _retry_later(dataclasses.replace(c, state=Waiting("CreateContainerError", e.message)), now)
+    return waiting, [Record("Warning", "Failed", f"Error: {e.message}"), LookAgain(waiting.retry_backoff)]
 
 
 def _pull_failed(c: Container, e: PullFailed, now: float) -> tuple[Container, list[Effect]]:
     again = isinstance(c.state, Waiting) and c.state.reason in {"ErrImagePull", "ImagePullBackOff"}
     reason = "ImagePullBackOff" if again else e.reason
     message = f'Failed to pull image "{e.image}": {e.message}'
-    waiting = _backed_off(dataclasses.replace(c, state=Waiting(reason, message)), now)
+    waiting = _retry_later(dataclasses.replace(c, state=Waiting(reason, message)), now)
     effects: list[Effect] = [Record("Warning", "Failed", message)]
     if again:
         effects.append(Record("Normal", "BackOff", f'Back-off pulling image "{e.image}"'))
-    return waiting, [*effects, LookAgain(waiting.backoff)]
+    return waiting, [*effects, LookAgain(waiting.retry_backoff)]
 
 
 def _started(c: Container, e: Started, _now: float) -> tuple[Container, list[Effect]]:
     restart = c.exited is not None and c.ever_started
+    # kubelet's backOff.Next on a restart: the first opens the back-off, each later one doubles it.
+    backoff = (BACKOFF_START if c.backoff == 0 else min(c.backoff * 2, BACKOFF_MAX)) if restart else c.backoff
     return (
         dataclasses.replace(
             c,
@@ -233,6 +244,8 @@ def _started(c: Container, e: Started, _now: float) -> tuple[Container, list[Eff
             last_state=c.exited if restart else c.last_state,
             exited=None,
             restart_count=c.restart_count + 1 if restart else c.restart_count,
+            backoff=backoff,
+            retry_backoff=0.0,
         ),
         [],
     )
@@ -240,18 +253,17 @@ def _started(c: Container, e: Started, _now: float) -> tuple[Container, list[Eff
 
 def _exited(c: Container, e: Exited, now: float) -> tuple[Container, list[Effect]]:
     ended = dataclasses.replace(c, state=e.end, exited=e.end)
-    if e.ran_for > BACKOFF_RESET_AFTER:
+    if e.ran_for > BACKOFF_RESET_AFTER:  # kubelet's HasExpiredFunc: ran long enough to start over
         ended = dataclasses.replace(ended, backoff=0.0)
-    if not e.restart:
-        return ended, []
-    ended = _backed_off(ended, now)
-    message = f"back-off {ended.backoff:.0f}s restarting failed container={e.container_name} pod={e.pod_name}"
-    waiting = dataclasses.replace(ended, state=Waiting("CrashLoopBackOff", message), last_state=e.end)
-    effects: list[Effect] = []
-    if e.end.exit_code != 0:
-        message = f"Back-off restarting failed container {e.container_name}"
-        effects.append(Record("Warning", "BackOff", message))
-    return waiting, [*effects, LookAgain(ended.backoff)]
+    if not e.restart or ended.backoff == 0:
+        return ended, []  # stays, or restarts at the next sync (now)
+    name = e.container_name
+    message = f"back-off {go_duration(ended.backoff)} restarting failed container={name} pod={e.pod}"
+    waiting = dataclasses.replace(
+        ended, state=Waiting("CrashLoopBackOff", message), last_state=e.end, not_before=now + ended.backoff
+    )
+    back_off = Record("Warning", "BackOff", f"Back-off restarting failed container {name} in pod {e.pod}")
+    return waiting, [back_off, LookAgain(ended.backoff)]
 
 
 _NOT_RUNNING = (Waiting, Terminated)

@@ -53,6 +53,7 @@ class PodRun:
     pod: dict[str, Any]
     containers: dict[str, ContainerRun]
     init_containers: dict[str, ContainerRun] = field(default_factory=dict)
+    ephemeral: dict[str, ContainerRun] = field(default_factory=dict)  # refused, never run (kubectl debug)
     start_time: str = field(default_factory=timestamp)
     stage: stages.Stage = field(default_factory=stages.Admitting)  # moved only by stages.step, on its worker
     last_status: dict[str, Any] | None = None
@@ -64,6 +65,12 @@ class PodRun:
     @property
     def uid(self) -> str:
         return str(self.pod["metadata"]["uid"])
+
+    @property
+    def described(self) -> str:
+        """The pod as kubelet's messages name it (format.Pod): ``name_namespace(uid)``."""
+        meta = self.pod["metadata"]
+        return f"{meta['name']}_{meta['namespace']}({self.uid})"
 
     def all_containers(self) -> list[ContainerRun]:
         return [*self.init_containers.values(), *self.containers.values()]

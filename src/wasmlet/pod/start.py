@@ -39,6 +39,15 @@ UNSUPPORTED_CONTAINER_FIELDS = {
 }
 
 
+def ephemeral_refusal(name: str) -> str:
+    """Why an ephemeral container (``kubectl debug``) waits forever: wasmlet does not run them."""
+    return (
+        f"ephemeral containers are not supported by wasmlet (container {name}): kubectl debug joins "
+        "a running container's processes, and a WebAssembly pod has none to join; read its output "
+        "with kubectl logs"
+    )
+
+
 def unsupported(spec: Mapping[str, Any]) -> str:
     """Why wasmlet cannot create this container as asked, or ""."""
     if spec.get("restartPolicy") == "Always":

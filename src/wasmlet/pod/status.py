@@ -7,14 +7,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from wasmlet.kube.client import ApiError, Client, timestamp
-from wasmlet.pod import stages
+from wasmlet.pod import lifecycle, stages
 from wasmlet.pod.run import ContainerRun, PodRun
 
 
-def _container_status(run: PodRun, crun: ContainerRun, initialized: bool) -> dict[str, Any]:
+def _container_status(run: PodRun, crun: ContainerRun) -> dict[str, Any]:
     life = crun.life
     state = life.state.to_api()
-    if not initialized and not crun.init and not life.ever_started:
+    if run.init_containers and life.state == lifecycle.Waiting():
+        # kubelet's default waiting state when the pod has init containers, for every container
+        # with nothing else to say (convertToAPIContainerStatuses' defaultWaitingState).
         state = {"waiting": {"reason": "PodInitializing"}}
     return {
         "name": crun.name,
@@ -73,14 +75,12 @@ def phase_of(policy: str, init: list[dict[str, Any]], containers: list[dict[str,
 
 def pod_status(run: PodRun, node_ip: str) -> dict[str, Any]:
     """The pod status a kubelet would report for ``run`` (phase, conditions, container states)."""
-    init = [_container_status(run, c, False) for c in run.init_containers.values()]
+    init = [_container_status(run, c) for c in run.init_containers.values()]
     initialized = all(
         c.exit is not None and c.exit.exit_code == 0 and not c.running for c in run.init_containers.values()
     )
-    statuses = [
-        _container_status(run, run.containers[spec["name"]], initialized)
-        for spec in run.pod["spec"].get("containers") or []
-    ]
+    specs = run.pod["spec"].get("containers") or []
+    statuses = [_container_status(run, run.containers[spec["name"]]) for spec in specs]
     phase = phase_of(str(run.pod["spec"].get("restartPolicy", "Always")), init, statuses)
     ready = bool(statuses) and all(s["ready"] for s in statuses)
     failed = run.stage if isinstance(run.stage, stages.Failed) else None
@@ -116,6 +116,8 @@ def pod_status(run: PodRun, node_ip: str) -> dict[str, Any]:
     }
     if init:
         status["initContainerStatuses"] = init
+    if run.ephemeral:
+        status["ephemeralContainerStatuses"] = [_container_status(run, c) for c in run.ephemeral.values()]
     if failed is not None and failed.disrupted:
         disruption = {**condition("DisruptionTarget", True, ""), "reason": "TerminationByKubelet"}
         status["conditions"].append({**disruption, "message": failed.why.message})
