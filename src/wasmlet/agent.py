@@ -77,12 +77,22 @@ class PodParts:
     logs: PodLogSource
 
 
-def build_pods(config: NodeConfig, client: Client, runtime: Runtime, pressure: eviction.Pressure) -> PodParts:
+def event_recorder(config: NodeConfig, client: Client) -> EventRecorder:
+    """The node's one event recorder (its pods' events and its own), as kubelet's."""
+    return EventRecorder(client, "wasmlet", config.node_name, qps=config.event_qps, burst=config.event_burst)
+
+
+def build_pods(
+    config: NodeConfig,
+    client: Client,
+    runtime: Runtime,
+    pressure: eviction.Pressure,
+    events: EventRecorder | None = None,
+) -> PodParts:
     """The pod controller with its collaborators, from the node's settings."""
     store = ModuleStore(config.data_dir / ".oci" / "modules")
-    events = EventRecorder(
-        client, "wasmlet", config.node_name, qps=config.event_qps, burst=config.event_burst
-    )
+    if events is None:
+        events = event_recorder(config, client)
     sources = ApiSources(client)
     allocatable = node_status.allocatable(config, node_status.capacity(config))
     # The node's own state is never a pod's hostPath, whatever --allowed-host-paths says.
@@ -147,6 +157,7 @@ class Agent:
         self.threads: list[threading.Thread] = []
         self.server: KubeletServer | None = None
         self.clients: list[Client] = []
+        self.events: EventRecorder | None = None
 
     def _spawn(self, name: str, target: Any, *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -167,8 +178,11 @@ class Agent:
         self.bootstrapper.ensure_client(self.stop)
         client = Client.from_kubeconfig(config.kubeconfig)
         self.clients.append(client)
+        pod_client = Client.from_kubeconfig(config.kubeconfig)
+        self.clients.append(pod_client)
+        self.events = events = event_recorder(config, pod_client)
         pressure = eviction.Pressure()
-        node = NodeAgent(config, client, pressure)
+        node = NodeAgent(config, client, pressure, events)
         node.register()
         node.renew_lease()
         self._spawn(f"heartbeat:{config.node_name}", node.run, self.stop)
@@ -180,10 +194,9 @@ class Agent:
             config.max_open_files_per_container,
         )
         self.runtime = Runtime(config.data_dir / "cache" / "compiled", open_files_budget=budget)
-        pod_client = Client.from_kubeconfig(config.kubeconfig)
-        self.clients.append(pod_client)
-        self.pods = pods = build_pods(config, pod_client, self.runtime, pressure)
+        self.pods = pods = build_pods(config, pod_client, self.runtime, pressure, events)
         pods.controller.start()
+        node.allocatable_enforced()  # admission holds the pods to the allocatable from now on
         PodWatch(pod_client, config.node_name, pods.controller, self.stop).start()
         evictions = eviction.EvictionManager(
             config.eviction_hard,
@@ -240,7 +253,8 @@ class Agent:
             self.server.server_close()
         if self.pods is not None:
             self.pods.controller.shutdown()
-            self.pods.events.flush(2.0)
-            self.pods.events.close()
+        if self.events is not None:
+            self.events.flush(2.0)
+            self.events.close()
         if self.runtime is not None:
             self.runtime.close()

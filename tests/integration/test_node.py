@@ -5,6 +5,7 @@ from __future__ import annotations
 import ssl
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -49,6 +50,42 @@ def test_node_renews_its_lease(admin: Client, joined: WasmletNode) -> None:
     renewed = wait_for("the lease to be renewed", lambda: admin.get(path)["spec"]["renewTime"] != first, 25)
     assert renewed
     assert admin.get(path)["spec"]["holderIdentity"] == joined.name
+
+
+def test_node_records_kubelets_node_events(cluster: Cluster, admin: Client, joined: WasmletNode) -> None:
+    node = admin.get(f"/api/v1/nodes/{joined.name}")
+    selector = f"involvedObject.kind=Node,involvedObject.name={joined.name}"
+    wanted = {
+        "Starting": "Starting wasmlet.",
+        "NodeReady": f"Node {joined.name} status is now: NodeReady",
+        "NodeHasSufficientMemory": f"Node {joined.name} status is now: NodeHasSufficientMemory",
+        "NodeAllocatableEnforced": "Updated Node Allocatable limit across pods",
+    }
+
+    def recorded() -> dict[str, dict[str, Any]] | None:
+        items = admin.get("/api/v1/namespaces/default/events", {"fieldSelector": selector})["items"]
+        by_reason = {event["reason"]: event for event in items}
+        return by_reason if wanted.keys() <= by_reason.keys() else None
+
+    events = wait_for("the node's events", recorded, 30)
+    for reason, message in wanted.items():
+        event = events[reason]
+        assert (event["type"], event["message"]) == ("Normal", message)
+        assert event["involvedObject"]["uid"] == node["metadata"]["uid"]
+        assert "namespace" not in event["involvedObject"]
+        assert event["source"] == {"component": "wasmlet", "host": joined.name}
+    # What an operator reads: kubectl describe node lists them.
+    kubectl = [str(cluster.kubectl), "--kubeconfig", str(cluster.admin_kubeconfig)]
+    described = subprocess.run(
+        [*kubectl, "describe", "node", joined.name],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    events_part = described.split("Events:", 1)[1]
+    for reason in wanted:
+        assert reason in events_part
 
 
 def test_client_and_serving_certificates_are_written_and_private(

@@ -7,6 +7,9 @@ and message) on the event already stored instead of creating another (``count``,
 as ``kubectl describe`` shows "x5 over 2m"). :class:`EventRecorder` does the same, so a burst of
 pod starts costs the pod workers no apiserver round trip per event, and a crash-looping pod does
 not fill etcd with copies of one event.
+
+Events about a cluster-scoped object (the Node) go to the ``default`` namespace with no
+namespace in ``involvedObject``, as client-go's ``makeEvent`` does for kubelet's node events.
 """
 
 from __future__ import annotations
@@ -78,20 +81,24 @@ class EventRecorder:
         self._thread: threading.Thread | None = None
 
     def event(self, obj: dict[str, Any], kind: str, reason: str, message: str) -> None:
-        """Record an event about ``obj`` (a namespaced object); returns at once."""
+        """Record an event about ``obj`` (a pod, or a cluster-scoped object such as the Node:
+        then in the ``default`` namespace); returns at once."""
         meta = obj["metadata"]
+        namespace = meta.get("namespace") or ""
+        involved = {
+            "apiVersion": obj.get("apiVersion", "v1"),
+            "kind": obj.get("kind", "Pod"),
+            "name": meta["name"],
+            "namespace": namespace,
+            "uid": meta.get("uid") or "",
+        }
         now = timestamp()
         event = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {
-                "apiVersion": obj.get("apiVersion", "v1"),
-                "kind": obj.get("kind", "Pod"),
-                "name": meta["name"],
-                "namespace": meta["namespace"],
-                "uid": meta["uid"],
-            },
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": namespace or "default"},
+            # ObjectReference's fields are omitempty: a node's reference has no namespace.
+            "involvedObject": {k: v for k, v in involved.items() if v},
             "reason": reason,
             "message": message,
             "type": kind,
@@ -162,8 +169,9 @@ class EventRecorder:
 
     def _send(self, event: dict[str, Any]) -> None:
         obj = event["involvedObject"]
-        key: Key = (obj["uid"], event["type"], event["reason"], event["message"])
-        namespace = obj["namespace"]
+        uid = obj.get("uid") or f"{obj['kind']}/{obj.get('namespace', '')}/{obj['name']}"
+        key: Key = (uid, event["type"], event["reason"], event["message"])
+        namespace = event["metadata"]["namespace"]
         now = time.monotonic()
         seen = self._series.get(key)
         stored: Any = None

@@ -3,6 +3,13 @@
 Labels and taints follow Krustlet's (``kubernetes.io/arch=wasm32-wasi`` NoSchedule and
 NoExecute, so only pods that tolerate them land here), and are refreshed on every start
 (Krustlet left stale ones). Capacity comes from the real host and ``--max-pods``.
+
+The node's events are kubelet's (``kubectl describe node``): ``Starting`` at each start,
+``NodeAllocatableEnforced`` once admission holds pods to the allocatable, and one
+``Node <name> status is now: <reason>`` event per condition that changes
+(``NodeHasSufficientMemory``/``NodeHasInsufficientMemory``, ``NodeHasNoDiskPressure``,
+``NodeHasSufficientPID``, ``NodeReady``/``NodeNotReady``), as kubelet's condition setters
+(pkg/kubelet/nodestatus/setters.go) record them against the node's stored conditions.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import wasmtime
 
 from wasmlet import __version__
 from wasmlet.kube.client import ApiError, Client, timestamp
+from wasmlet.kube.events import EventSink
 from wasmlet.kube.quantity import parse_quantity
 from wasmlet.node import eviction
 from wasmlet.runtime import memory_stats
@@ -32,6 +40,24 @@ ARCH = "wasm32-wasi"
 LEASE_DURATION = 40
 LEASE_RENEW_INTERVAL = 10.0
 STATUS_INTERVAL = 60.0
+
+# kubelet's event reasons (pkg/kubelet/events/event.go) and messages.
+STARTING = "Starting"
+STARTING_MESSAGE = "Starting wasmlet."  # kubelet's BirthCry says "Starting kubelet."
+ALLOCATABLE_ENFORCED = "NodeAllocatableEnforced"
+ALLOCATABLE_ENFORCED_MESSAGE = "Updated Node Allocatable limit across pods"
+REBOOTED = "Rebooted"
+# What kubelet's condition setters record when a condition turns to a status (all Normal events).
+CONDITION_EVENTS = {
+    ("MemoryPressure", "True"): "NodeHasInsufficientMemory",
+    ("MemoryPressure", "False"): "NodeHasSufficientMemory",
+    ("DiskPressure", "True"): "NodeHasDiskPressure",
+    ("DiskPressure", "False"): "NodeHasNoDiskPressure",
+    ("PIDPressure", "True"): "NodeHasInsufficientPID",
+    ("PIDPressure", "False"): "NodeHasSufficientPID",
+    ("Ready", "True"): "NodeReady",
+    ("Ready", "False"): "NodeNotReady",
+}
 
 WASM_TAINTS = [
     {"key": "kubernetes.io/arch", "value": ARCH, "effect": "NoSchedule"},
@@ -111,18 +137,26 @@ def _micro_now() -> str:
 
 
 def conditions(
-    ready: bool = True, message: str = "wasmlet is posting ready status", memory_pressure: bool = False
+    ready: bool = True,
+    message: str = "wasmlet is posting ready status",
+    memory_pressure: bool = False,
+    previous: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, str]]:
+    """The node's conditions; each keeps its ``previous`` ``lastTransitionTime`` while its
+    status stays the same, as kubelet's setters do."""
     now = timestamp()
+    before = {c.get("type"): c for c in previous or [] if isinstance(c, dict)}
 
     def cond(kind: str, status: str, reason: str, text: str) -> dict[str, str]:
+        old = before.get(kind) or {}
+        same = old.get("status") == status and isinstance(old.get("lastTransitionTime"), str)
         return {
             "type": kind,
             "status": status,
             "reason": reason,
             "message": text,
             "lastHeartbeatTime": now,
-            "lastTransitionTime": now,
+            "lastTransitionTime": old["lastTransitionTime"] if same else now,
         }
 
     memory = (
@@ -138,12 +172,39 @@ def conditions(
     ]
 
 
-def node_status(config: NodeConfig, memory_pressure: bool = False) -> dict[str, Any]:
+def condition_events(previous: list[dict[str, Any]], current: list[dict[str, Any]]) -> list[str]:
+    """The event reasons for the conditions whose status changed from ``previous`` to ``current``,
+    in ``current``'s order.
+
+    A pressure condition the node did not have yet counts as ``Unknown`` (kubelet's setters: a
+    new node records ``NodeHasSufficientMemory``...). A new ``Ready`` condition records
+    ``NodeReady`` when it is True: kubelet's setter records nothing for it, but a kubelet always
+    registers NotReady first (its runtime check has not run yet) and records ``NodeReady`` a
+    moment later; wasmlet's runtime is in-process and ready at registration, and records
+    ``NodeReady`` then, so a new node shows the same events as a kubelet's.
+    """
+    before = {c.get("type"): c.get("status") for c in previous if isinstance(c, dict)}
+    reasons = []
+    for condition in current:
+        kind, status = condition["type"], condition["status"]
+        was = before.get(kind)
+        if was == status or (kind == "Ready" and was is None and status != "True"):
+            continue
+        reason = CONDITION_EVENTS.get((kind, status))
+        if reason:
+            reasons.append(reason)
+    return reasons
+
+
+def node_status(
+    config: NodeConfig, memory_pressure: bool = False, previous: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The status to report; ``previous`` is the stored conditions (their transition times kept)."""
     cap = capacity(config)
     return {
         "capacity": cap,
         "allocatable": allocatable(config, cap),
-        "conditions": conditions(memory_pressure=memory_pressure),
+        "conditions": conditions(memory_pressure=memory_pressure, previous=previous),
         "addresses": [
             {"type": "InternalIP", "address": config.node_ip},
             {"type": "Hostname", "address": config.hostname.lower()},
@@ -168,22 +229,31 @@ def _has_wasm_taints(node: dict[str, Any]) -> bool:
 
 
 class NodeAgent:
-    """Registers the Node, keeps its status and Lease fresh."""
+    """Registers the Node, keeps its status and Lease fresh, records the node's events."""
 
-    def __init__(self, config: NodeConfig, client: Client, pressure: eviction.Pressure | None = None) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        client: Client,
+        pressure: eviction.Pressure | None = None,
+        events: EventSink | None = None,
+    ) -> None:
         self.config = config
         self.client = client
         self.path = f"/api/v1/nodes/{config.node_name}"
         self.uid = ""
         self.pressure = pressure or eviction.Pressure()
+        self.events = events
         self._reported_pressure = False
+        self._reboot_recorded = False
 
     def register(self) -> None:
-        """Create the Node, or bring an existing one's labels and taints up to date."""
+        """Create the Node, or bring an existing one's labels and taints up to date; records
+        ``Starting`` and the conditions' events."""
         desired = node_object(self.config)
         try:
-            created = self.client.post("/api/v1/nodes", desired)
-            self.uid = created["metadata"]["uid"]
+            current = self.client.post("/api/v1/nodes", desired)
+            self.uid = current["metadata"]["uid"]
             log.info("registered node %s", self.config.node_name)
         except ApiError as exc:
             if exc.status != 409:
@@ -191,7 +261,28 @@ class NodeAgent:
             current = self.client.get(self.path)
             self.uid = current["metadata"]["uid"]
             self._refresh(current, desired)
-        self.report_status()
+        self.record("Normal", STARTING, STARTING_MESSAGE)
+        self.report_status(current)
+
+    def ref(self) -> dict[str, Any]:
+        """The Node as events name it: kind Node, its name, and its uid.
+
+        kubelet v1.36's node reference has no uid, and ``kubectl describe node`` (v1.36) lists
+        only events whose uid is the Node's or its name. The Node's own uid (what kubelet records
+        since kubernetes/kubernetes#139921, merged after v1.36) is listed, and ties the event to
+        this Node; the name stands in until the Node's uid is known.
+        """
+        uid = self.uid or self.config.node_name
+        return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": self.config.node_name, "uid": uid}}
+
+    def record(self, kind: str, reason: str, message: str) -> None:
+        """An event about the node (``kind`` Normal or Warning)."""
+        if self.events is not None:
+            self.events.event(self.ref(), kind, reason, message)
+
+    def allocatable_enforced(self) -> None:
+        """Admission now holds the node's pods to its allocatable: kubelet's event for it."""
+        self.record("Normal", ALLOCATABLE_ENFORCED, ALLOCATABLE_ENFORCED_MESSAGE)
 
     def _refresh(self, current: dict[str, Any], desired: dict[str, Any]) -> None:
         ours = set(labels(self.config))
@@ -214,11 +305,26 @@ class NodeAgent:
         self.client.put(self.path, current)
         log.info("node %s already registered; labels refreshed", self.config.node_name)
 
-    def report_status(self) -> None:
+    def report_status(self, current: dict[str, Any] | None = None) -> None:
+        """Patch the status, against the stored Node (``current``, else read, as kubelet reads
+        it before each update), and record an event for each condition that changed."""
+        if current is None:
+            current = self.client.get(self.path)
+        stored = current.get("status") if isinstance(current, dict) else None
+        stored = stored if isinstance(stored, dict) else {}
+        previous = [c for c in stored.get("conditions") or [] if isinstance(c, dict)]
         pressure = self.pressure.memory
-        status = node_status(self.config, memory_pressure=pressure)
+        status = node_status(self.config, memory_pressure=pressure, previous=previous)
         self.client.patch(f"{self.path}/status", {"status": status}, "strategic-merge")
         self._reported_pressure = pressure
+        name = self.config.node_name
+        boot = status["nodeInfo"]["bootID"]
+        was = (stored.get("nodeInfo") or {}).get("bootID")
+        if was and boot and was != boot and not self._reboot_recorded:
+            self._reboot_recorded = True  # kubelet records it once a run
+            self.record("Warning", REBOOTED, f"Node {name} has been rebooted, boot id: {boot}")
+        for reason in condition_events(previous, status["conditions"]):
+            self.record("Normal", reason, f"Node {name} status is now: {reason}")
 
     def renew_lease(self) -> None:
         name = self.config.node_name

@@ -16,6 +16,7 @@ from wasmlet.pod.volumes.host_paths import HostPathPolicy
 from wasmlet.pod.volumes.mounts import Preopen
 from wasmlet.pod.volumes.pod_volumes import PodVolumes
 from wasmlet.pod.volumes.spec import VolumeError
+from wasmlet.pod.volumes.tokens import TokenNotYetBound
 
 # Volumes that failed to mount are tried again after this, doubling up to the maximum (kubelet).
 MOUNT_RETRY_START = 0.5
@@ -73,6 +74,11 @@ class VolumeManager:
                 state.mounted, state.retry = True, 0.0
             elif time.monotonic() >= state.next_check or _metadata_changed(state.volumes.pod, pod):
                 state.volumes.refresh(pod)
+        except TokenNotYetBound as exc:  # the apiserver has not seen the binding yet: no event
+            if state.mounted:  # a refresh: try it again then
+                state.next_check = time.monotonic() + exc.retry_after
+            self.requeue(key, exc.retry_after)
+            return state.mounted
         except VolumeError as exc:
             for message in exc.messages:
                 self.events.event(pod, "Warning", "FailedMount", message)

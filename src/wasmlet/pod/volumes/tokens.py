@@ -1,4 +1,13 @@
-"""``serviceAccountToken`` projections: the pod's tokens, cached and refreshed as kubelet's token manager."""
+"""``serviceAccountToken`` projections: the pod's tokens, cached and refreshed as kubelet's token manager.
+
+A new pod's first TokenRequest can race the apiserver's view of its binding: NodeRestriction
+(plugin/pkg/admission/noderestriction) checks the pod in the apiserver's informer cache, which
+may not have seen ``spec.nodeName`` yet, and refuses with 403 "node requested token bound to a
+pod scheduled on a different node". kubelet records that as a ``FailedMount`` of a healthy pod.
+wasmlet tries again quietly for :data:`BINDING_RACE_SECONDS` first: :class:`TokenNotYetBound`
+(not a failure) tells the volume manager to try the pod again in :data:`BINDING_RETRY_SECONDS`
+without an event, and only a refusal that outlasts the window is the usual ``FailedMount``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from wasmlet.kube.client import ApiError
 from wasmlet.kube.shapes import kind as _kind
 from wasmlet.pod.env_error import EnvError
 from wasmlet.pod.go_strings import utf8
@@ -22,6 +32,28 @@ DEFAULT_TOKEN_EXPIRATION = 3600
 MIN_TOKEN_EXPIRATION = 600
 MAX_TOKEN_EXPIRATION = 1 << 32
 TOKEN_MODE = 0o600
+BINDING_RACE_SECONDS = 5.0  # how long the refusal below is taken for the binding race
+BINDING_RETRY_SECONDS = 0.25  # how soon the pod is tried again meanwhile
+# NodeRestriction's refusal while its cache has the pod unbound (or bound elsewhere).
+_ELSEWHERE = "node requested token bound to a pod scheduled on a different node"
+
+
+class TokenNotYetBound(Exception):
+    """The apiserver does not see the pod bound to this node yet; try again in ``retry_after`` seconds.
+
+    Deliberately not an :class:`EnvError` or :class:`VolumeError`: it passes the volume code's
+    per-volume error collection and reaches the volume manager, which records no event for it.
+    """
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def bound_elsewhere(exc: BaseException) -> bool:
+    """``exc`` (the ``EnvError`` of a TokenRequest) is NodeRestriction's "different node" 403."""
+    cause = exc.__cause__
+    return isinstance(cause, ApiError) and cause.status == 403 and _ELSEWHERE in str(cause)
 
 
 class TokenSource(Protocol):
@@ -59,6 +91,7 @@ class Tokens:
         self.clock = clock
         self._tokens: dict[tuple[str, int], _Token] = {}
         self._used: set[tuple[str, int]] = set()
+        self._refused_since: dict[tuple[str, int], float] = {}  # the binding race's first refusal
 
     def start(self) -> None:
         """A sync begins: no token is used yet."""
@@ -70,6 +103,7 @@ class Tokens:
 
     def clear(self) -> None:
         self._tokens.clear()
+        self._refused_since.clear()
 
     def refresh_times(self) -> list[float]:
         """When each token is due for a refresh (epoch seconds)."""
@@ -118,7 +152,14 @@ class Tokens:
                     "pod %s: %s; the current token is kept until it expires", _metadata(pod, "name"), exc
                 )
                 return cached.token
+            if bound_elsewhere(exc):
+                if key not in self._refused_since:
+                    log.info("pod %s: %s; trying again quietly for a while", _metadata(pod, "name"), exc)
+                since = self._refused_since.setdefault(key, now)
+                if now - since < BINDING_RACE_SECONDS:
+                    raise TokenNotYetBound(str(exc), BINDING_RETRY_SECONDS) from exc
             raise
+        self._refused_since.pop(key, None)
         expires_at = (expires if expires.tzinfo else expires.replace(tzinfo=UTC)).timestamp()
         lifetime = max(0.0, expires_at - now)
         refresh_at = now + min(TOKEN_REFRESH_FRACTION * lifetime, TOKEN_MAX_AGE_SECONDS)
