@@ -9,7 +9,14 @@ class ModuleDocFragment:
     DOCUMENTATION = r"""
 options:
   insecure:
-    description: Talk plain HTTP to the registry.
+    description:
+      - Talk plain HTTP to the registry, and only plain HTTP.
+      - Not needed for a registry on loopback (V(localhost), an address in 127.0.0.0/8, or V(::1), written
+        so in the image reference), which is tried over HTTPS first and spoken to in plain HTTP when it
+        answers so, as Docker and containerd do. A certificate that fails verification is never a reason
+        for plain HTTP. A host name that resolves to a loopback address is not loopback by this rule.
+      - Every other registry is reached over HTTPS unless this is set; a failure that shows the registry
+        serves plain HTTP says to set it.
     type: bool
     default: false
   ca_file:

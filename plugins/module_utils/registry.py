@@ -20,13 +20,18 @@ REGISTRY_ARGUMENT_SPEC = dict(
 
 REGISTRY_REQUIRED_TOGETHER = [("username", "password")]
 
+# What errors tell a playbook to do about a registry that serves plain HTTP (not on loopback).
+INSECURE_HINT = "set insecure: true"
+
 
 def registry_access(params, registry):
     """``(auth, options)`` for talking to ``registry`` (``host[:port]``) as the module's params say.
 
     ``auth`` is a ``wasmlet.oci.credentials.RegistryAuth``, or None (anonymous) without ``username``;
     ``options`` is a ``wasmlet.oci.client.RegistryOptions`` that speaks plain HTTP to ``registry`` when
-    ``insecure`` is set and verifies its certificate with ``ca_file`` when given.
+    ``insecure`` is set (a loopback registry gets plain HTTP without it, after HTTPS), verifies its
+    certificate with ``ca_file`` when given, and whose errors name ``insecure: true`` as the way to
+    plain HTTP.
     """
     from wasmlet.oci.client import RegistryOptions
     from wasmlet.oci.credentials import RegistryAuth
@@ -37,5 +42,6 @@ def registry_access(params, registry):
     options = RegistryOptions(
         insecure_registries=frozenset({registry} if params["insecure"] else ()),
         ca_file=Path(params["ca_file"]) if params["ca_file"] else None,
+        insecure_hint=INSECURE_HINT,
     )
     return auth, options

@@ -33,7 +33,6 @@ EXAMPLES = r"""
 - name: Inspect the demo module
   wasmlet.kube.oci_info:
     reference: 127.0.0.1:5000/simpleserver:v1.0.0
-    insecure: true
   register: simpleserver
 
 - name: Refuse anything that is not a wasm module
@@ -129,7 +128,7 @@ def main():
     try:
         ref = parse_reference(p["reference"])
         auth, options = registry_access(p, ref.registry)
-        with RegistryClient.for_registry(ref.registry, auth, options) as client:
+        with RegistryClient.for_registry(ref.registry, auth, options, action="inspect") as client:
             top = client.get_manifest(ref)
             manifest = top
             if manifest_kind(top.media_type, top.data) == "index":

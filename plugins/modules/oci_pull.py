@@ -42,7 +42,6 @@ EXAMPLES = r"""
   wasmlet.kube.oci_pull:
     reference: 127.0.0.1:5000/simpleserver:v1.0.0
     dest: /tmp/simpleserver.wasm
-    insecure: true
 
 - name: Pull from a registry with credentials and a private CA
   wasmlet.kube.oci_pull:

@@ -42,16 +42,15 @@ extends_documentation_fragment:
 """
 
 EXAMPLES = r"""
-- name: Push the demo module
+- name: Push the demo module (a loopback registry in plain HTTP needs no insecure)
   wasmlet.kube.oci_push:
     path: ~/.wasmlet/build/simpleserver.wasm
     reference: 127.0.0.1:5000/simpleserver:v1.0.0
-    insecure: true
 
-- name: Push a module written in WebAssembly text
+- name: Push a module written in WebAssembly text to a plain-HTTP registry elsewhere
   wasmlet.kube.oci_push:
     path: /srv/modules/hello.wat
-    reference: 127.0.0.1:5000/hello:v1
+    reference: 192.0.2.10:5000/hello:v1
     insecure: true
 """
 
@@ -98,7 +97,7 @@ def main():
             wasm = read_module(p["path"])
             manifest = build_module_manifest(wasm, p["media_type"])[3]
             digest = digest_of(manifest)
-            with RegistryClient.for_registry(ref.registry, auth, options) as client:
+            with RegistryClient.for_registry(ref.registry, auth, options, action="push") as client:
                 try:
                     current = client.resolve(ref)
                 except RegistryError as exc:

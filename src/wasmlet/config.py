@@ -98,7 +98,11 @@ _OPTIONS: list[tuple[str, str, str]] = [
     ("private-key-file", "path", "serving key (default: <data-dir>/config/wasmlet.key)"),
     ("max-pods", "int", "pods this node accepts (default: 110)"),
     ("node-labels", "labels", "extra labels, key=value[,key=value...]"),
-    ("insecure-registries", "list", "registries (host[:port]) reached over plain HTTP, comma-separated"),
+    (
+        "insecure-registries",
+        "list",
+        "registries (host[:port]) reached over plain HTTP, comma-separated (loopback ones fall back to it)",
+    ),
     ("registry-ca-files", "labels", "CA bundles of registries with their own CA: host[:port]=/path,..."),
     ("allow-local-modules", "bool", "allow fs/<path> module references (default: false)"),
     (

@@ -1,7 +1,8 @@
 """wasmlet.oci against the real registries (CNCF Distribution, run by the registry role).
 
-``registry``: plain HTTP at 127.0.0.1:5000 (listed as insecure). ``secure_registry``: TLS with its
-own CA and basic auth at 127.0.0.1:5001. Failures must be fast: no retry loops.
+``registry``: plain HTTP at 127.0.0.1:5000 (listed as insecure, or not: it is on loopback).
+``secure_registry``: TLS with its own CA and basic auth at 127.0.0.1:5001. Failures must be fast:
+no retry loops.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 import requests
 import requests.adapters
-from helpers import Registry, unique
+from helpers import Registry, Step, run_modules, task_ok, unique
 
 from wasmlet.oci.client import RegistryClient, RegistryOptions
 from wasmlet.oci.credentials import RegistryAuth, auth_from_dockerconfigjson
@@ -376,17 +377,78 @@ def test_secure_registry_without_its_ca_is_a_certificate_error(
     message = str(caught.value)
     assert "x509: certificate signed by unknown authority" in message
     assert f"registry {secure_registry.host}" in message
+    assert "plain HTTP" not in message  # on loopback, but a TLS server: never downgraded
 
 
-def test_plain_registry_not_listed_as_insecure_says_so(
-    registry: Registry, store: ModuleStore, failure_timings: dict[str, float]
+# --- plain HTTP: a loopback registry needs no flag, any other does ---------------------------------
+
+
+def test_plain_loopback_registry_needs_no_flag(
+    registry: Registry, store: ModuleStore, tmp_path: Path
 ) -> None:
+    """Nothing listed as insecure: HTTPS is tried, Distribution answers it in plain HTTP (400),
+    and the push and the pulls, by 127.0.0.1 and by localhost, go over plain HTTP."""
+    no_flag = RegistryOptions(timeout=10)
+    src = _wasm(tmp_path, b"loopback")
+    repo = f"{unique('loopback')}/app"
+    pushed = push_module(f"{registry.host}/{repo}:v1", src, options=no_flag)
+    assert pushed.uploaded and pushed.manifest_uploaded
+    port = registry.host.rpartition(":")[2]
+    for host in (registry.host, f"localhost:{port}"):
+        module = ensure_module(f"{host}/{repo}:v1", "Always", options=no_flag, store=store)
+        assert (module.pulled, module.digest) == (True, pushed.digest)
+        assert module.path.read_bytes() == src.read_bytes()
+
+
+def test_modules_reach_the_plain_loopback_registry_without_insecure(
+    registry: Registry, tmp_path: Path
+) -> None:
+    ref = f"{registry.host}/{unique('modules-loopback')}/app:v1"
+    src = _wasm(tmp_path, b"modules")
+    dest = tmp_path / "pulled.wasm"
+    push, info, pull = run_modules(
+        tmp_path,
+        Step("oci_push", {"path": str(src), "reference": ref}),
+        Step("oci_info", {"reference": ref}),
+        Step("oci_pull", {"reference": ref, "dest": str(dest)}),
+    )
+    assert task_ok(push)["changed"] is True
+    assert task_ok(info)["is_wasm"] is True
+    assert info["digest"] == push["digest"]
+    assert task_ok(pull)["digest"] == push["digest"]
+    assert dest.read_bytes() == src.read_bytes()
+
+
+def test_plain_registry_not_on_loopback_says_which_option(
+    registry: Registry,
+    store: ModuleStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    failure_timings: dict[str, float],
+) -> None:
+    """The plain registry by a name that resolves to 127.0.0.1: not loopback (names are never
+    resolved by the rule), so HTTPS only, and the error names the caller's option and verb."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        return real("127.0.0.1" if host == "plain-registry.test" else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    host = f"plain-registry.test:{registry.host.rpartition(':')[2]}"
+    ref = f"{host}/app:v1"
     started = time.monotonic()
-    with pytest.raises(PullError, match="--insecure-registries") as caught:
-        ensure_module(f"{registry.host}/app:v1", "IfNotPresent", store=store)
+    with pytest.raises(PullError) as caught:
+        ensure_module(ref, "IfNotPresent", store=store)
     failure_timings["pull"] = time.monotonic() - started
     assert failure_timings["pull"] < FAST
-    assert f"registry {registry.host}" in str(caught.value)
+    message = str(caught.value)
+    assert message.startswith(f"failed to pull {ref} from registry {host}: tls: ")
+    assert message.endswith(f"; to pull {ref} over plain HTTP, list {host} in --insecure-registries")
+    as_the_modules = RegistryOptions(timeout=10, insecure_hint="set insecure: true")
+    with pytest.raises(PushError) as refused:
+        push_module(ref, _wasm(tmp_path), options=as_the_modules)
+    assert str(refused.value).startswith(f"failed to push {ref} to registry {host}: tls: ")
+    assert str(refused.value).endswith(f"; to push {ref} over plain HTTP, set insecure: true")
 
 
 def test_registry_that_is_down_is_connection_refused_fast(

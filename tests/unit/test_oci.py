@@ -224,7 +224,8 @@ def test_registry_options_insecure_and_ca_per_registry(tmp_path: Path) -> None:
     )
     assert options.insecure("127.0.0.1:5000")
     assert not options.insecure("127.0.0.1:5001")
-    assert not RegistryOptions().insecure("127.0.0.1:5000")  # loopback is not insecure by itself
+    # Not plain HTTP only: loopback is tried over HTTPS first (tests/unit/test_oci_loopback.py).
+    assert not RegistryOptions().insecure("127.0.0.1:5000")
     assert options.verify("127.0.0.1:5001") == str(tmp_path / "ca.crt")
     assert options.verify("other.example") == str(tmp_path / "all.pem")
     assert RegistryOptions().verify("other.example") is True

@@ -26,6 +26,7 @@ from wasmlet.oci.errors import (
     PushError,
     RegistryError,
     http_error_cause,
+    plain_http_hint,
 )
 from wasmlet.oci.limits import size_text
 from wasmlet.oci.manifest import (
@@ -40,7 +41,14 @@ from wasmlet.oci.manifest import (
     select_platform,
     select_wasm_layer,
 )
-from wasmlet.oci.reference import DOCKER_HUB, DOCKER_HUB_API, Reference, normalise_host, valid_digest
+from wasmlet.oci.reference import (
+    DOCKER_HUB,
+    DOCKER_HUB_API,
+    Reference,
+    loopback_registry,
+    normalise_host,
+    valid_digest,
+)
 from wasmlet.oci.transport import ORAS_IMPORT_ERROR, RegistryTransport
 
 if TYPE_CHECKING:
@@ -49,14 +57,23 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_MODULE_SIZE_SETTING: Final = "--max-module-size"
+# How the node is told to speak plain HTTP to a registry, as error hints say it ({registry}: its host).
+INSECURE_REGISTRIES_HINT: Final = "list {registry} in --insecure-registries"
+# The prepositions of the verbs errors name: "failed to pull <ref> from registry <registry>".
+_VERB_PREPOSITION: Final = {"pull": "from", "push": "to"}
 
 
 @dataclass(frozen=True)
 class RegistryOptions:
-    """How the node reaches registries (from its flags).
+    """How the node reaches registries (from its flags), or an Ansible module (its options).
 
-    ``insecure_registries``: ``host[:port]`` entries spoken to over plain HTTP (loopback is not
-    insecure by default). ``ca_files``: per registry, a CA bundle to verify its TLS certificate
+    ``insecure_registries``: ``host[:port]`` entries spoken to over plain HTTP only. A loopback
+    registry (``localhost``, 127.0.0.0/8, ``::1``: :func:`~wasmlet.oci.reference.loopback_registry`)
+    needs no entry: HTTPS is tried first and, when the registry answers it in plain HTTP, plain
+    HTTP (docs/oci.md, "Plain HTTP"). ``insecure_hint``: how whoever is asking lists a registry
+    as plain HTTP, named in errors (``{registry}`` is its host): the node's
+    ``--insecure-registries`` by default, the modules' ``insecure: true``.
+    ``ca_files``: per registry, a CA bundle to verify its TLS certificate
     with; ``ca_file``: the bundle for every other TLS registry. A bundle replaces the system
     trust store for that registry (``requests`` semantics); ``None`` means the system store.
     ``timeout`` bounds each request; ``pull_timeout`` (``--image-pull-timeout``) a whole pull,
@@ -65,6 +82,7 @@ class RegistryOptions:
     """
 
     insecure_registries: frozenset[str] = frozenset()
+    insecure_hint: str = INSECURE_REGISTRIES_HINT
     ca_file: Path | None = None
     ca_files: Mapping[str, Path] = field(default_factory=dict)
     timeout: float = 30.0
@@ -113,6 +131,11 @@ class RegistryClient:
     Reuse it for several requests to keep connections and bearer tokens, from one thread at a
     time (``requests`` sessions are not thread-safe). Every failure is a :class:`PullError` (or
     :class:`PushError`) naming the reference, the registry and the cause.
+
+    ``insecure``: plain HTTP only. Otherwise HTTPS, and for a loopback registry plain HTTP once
+    it has answered HTTPS so (remembered for the client's lifetime). ``action``: the verb errors
+    name instead of each operation's own (``inspect`` for ``oci_info``, ``push`` for a push's
+    check); ``insecure_hint``: see :class:`RegistryOptions`.
     """
 
     def __init__(
@@ -124,6 +147,8 @@ class RegistryClient:
         verify: bool | str = True,
         timeout: float = 30.0,
         max_module_size: int = limits.DEFAULT_MAX_MODULE_BYTES,
+        insecure_hint: str = INSECURE_REGISTRIES_HINT,
+        action: str | None = None,
     ) -> None:
         if ORAS_IMPORT_ERROR is not None:
             raise ImportError(f"wasmlet.oci needs oras-py (pip install oras): {ORAS_IMPORT_ERROR}")
@@ -131,6 +156,8 @@ class RegistryClient:
         self.host = DOCKER_HUB_API if self.registry == DOCKER_HUB else self.registry
         self.insecure = insecure
         self.max_module_size = max_module_size
+        self.insecure_hint = insecure_hint
+        self.action = action
         self._transport = RegistryTransport(
             registry=self.registry,
             host=self.host,
@@ -138,11 +165,17 @@ class RegistryClient:
             auth=auth or RegistryAuth(),
             timeout=timeout,
             insecure=insecure,
+            plain_http_fallback=not insecure and loopback_registry(self.host),
         )
 
     @classmethod
     def for_registry(
-        cls, registry: str, auth: RegistryAuth | None = None, options: RegistryOptions | None = None
+        cls,
+        registry: str,
+        auth: RegistryAuth | None = None,
+        options: RegistryOptions | None = None,
+        *,
+        action: str | None = None,
     ) -> RegistryClient:
         options = options or RegistryOptions()
         return cls(
@@ -152,6 +185,8 @@ class RegistryClient:
             verify=options.verify(registry),
             timeout=options.timeout,
             max_module_size=options.max_module_size,
+            insecure_hint=options.insecure_hint,
+            action=action,
         )
 
     @property
@@ -170,17 +205,29 @@ class RegistryClient:
 
     # helpers
 
+    def _error(
+        self, verb: str, ref: Reference, cause: str, error: type[RegistryError] = PullError
+    ) -> RegistryError:
+        """``failed to pull <ref> from registry <registry>: <cause>`` (the client's ``action``, if set)."""
+        verb = self.action or verb
+        preposition = _VERB_PREPOSITION.get(verb, "on")
+        return error(
+            f"failed to {verb} {ref} {preposition} registry {self.registry}: {cause}",
+            reference=str(ref),
+            registry=self.registry,
+            cause=cause,
+        )
+
     @contextlib.contextmanager
     def _failures(self, verb: str, ref: Reference, error: type[RegistryError]) -> Iterator[None]:
         try:
             yield
         except (Failure, limits.LimitExceeded) as exc:
-            raise error(
-                f"failed to {verb} {ref} from registry {self.registry}: {exc.cause}",
-                reference=str(ref),
-                registry=self.registry,
-                cause=exc.cause,
-            ) from exc
+            cause = exc.cause
+            if isinstance(exc, Failure) and exc.plain_http:
+                hint = plain_http_hint(self.action or verb, str(ref), self.registry, self.insecure_hint)
+                cause = f"{cause}; {hint}"
+            raise self._error(verb, ref, cause, error) from exc
 
     @staticmethod
     def _expect(response: requests.Response, ok: Collection[int], kind: str) -> None:
@@ -229,12 +276,7 @@ class RegistryClient:
                     f"manifest {target} declares {size_text(size)}, more than the manifest size "
                     f"limit {size_text(limits.MAX_MANIFEST_BYTES)}"
                 )
-                raise PullError(
-                    f"failed to pull {ref} from registry {self.registry}: {cause}",
-                    reference=str(ref),
-                    registry=self.registry,
-                    cause=cause,
-                )
+                raise self._error("pull", ref, cause, PullError)
             limit, setting = size, "its descriptor's size"
         with self._failures("pull", ref, PullError):
             response = self._transport.request(
@@ -253,21 +295,11 @@ class RegistryClient:
         actual = digest_of(raw, algorithm)
         if expected and actual != expected:
             cause = f"manifest digest mismatch: expected {expected}, content hashes to {actual}"
-            raise DigestMismatchError(
-                f"failed to pull {ref} from registry {self.registry}: {cause}",
-                reference=str(ref),
-                registry=self.registry,
-                cause=cause,
-            )
+            raise self._error("pull", ref, cause, DigestMismatchError)
         digest = actual if algorithm == "sha256" or not expected else expected
         if size is not None and len(raw) != size:
             cause = f"manifest {target} is {len(raw)} bytes, its descriptor says {size}"
-            raise DigestMismatchError(
-                f"failed to pull {ref} from registry {self.registry}: {cause}",
-                reference=str(ref),
-                registry=self.registry,
-                cause=cause,
-            )
+            raise self._error("pull", ref, cause, DigestMismatchError)
         try:
             data = json.loads(raw)
             if not isinstance(data, dict):
@@ -275,12 +307,7 @@ class RegistryClient:
             kind = manifest_kind(content_type, data)
         except ValueError as exc:
             cause = f"invalid manifest {target}: {exc}"
-            raise PullError(
-                f"failed to pull {ref} from registry {self.registry}: {cause}",
-                reference=str(ref),
-                registry=self.registry,
-                cause=cause,
-            ) from exc
+            raise self._error("pull", ref, cause, PullError) from exc
         media_type = str(data.get("mediaType") or (OCI_INDEX if kind == "index" else OCI_MANIFEST))
         return Manifest(digest=digest, media_type=media_type, raw=raw, data=data)
 
@@ -293,12 +320,7 @@ class RegistryClient:
             manifest = self.get_manifest(ref, entry.digest, entry.size)
             if manifest_kind(manifest.media_type, manifest.data) != "manifest":
                 cause = f"index entry {entry.digest} is itself an index"
-                raise PullError(
-                    f"failed to pull {ref} from registry {self.registry}: {cause}",
-                    reference=str(ref),
-                    registry=self.registry,
-                    cause=cause,
-                )
+                raise self._error("pull", ref, cause, PullError)
         layer = select_wasm_layer(manifest.data, reference=str(ref), registry=self.registry)
         config = manifest.data.get("config")
         config_type = str(config.get("mediaType", "")) if isinstance(config, Mapping) else ""
@@ -308,12 +330,7 @@ class RegistryClient:
                 f"the config blob declares {size_text(config_size)}, more than the manifest "
                 f"size limit {size_text(limits.MAX_MANIFEST_BYTES)}"
             )
-            raise PullError(
-                f"failed to pull {ref} from registry {self.registry}: {cause}",
-                reference=str(ref),
-                registry=self.registry,
-                cause=cause,
-            )
+            raise self._error("pull", ref, cause, PullError)
         return ResolvedModule(digest=top.digest, layer=layer, config_media_type=config_type)
 
     def blob_chunks(self, ref: Reference, descriptor: Descriptor) -> Generator[bytes, None, None]:
@@ -374,9 +391,7 @@ class RegistryClient:
         digest = digest_of(raw)
         if ref.digest and ref.digest != digest:
             cause = f"manifest hashes to {digest}, not to the reference's {ref.digest}"
-            raise PushError(
-                f"failed to push {ref}: {cause}", reference=str(ref), registry=self.registry, cause=cause
-            )
+            raise self._error("push", ref, cause, PushError)
         url = self._transport.manifest_url(ref.repository, ref.tag or digest)
         with self._failures("push", ref, PushError):
             head = self._transport.request(url, "HEAD", headers={"Accept": MANIFEST_ACCEPT})
@@ -391,8 +406,6 @@ class RegistryClient:
             response.close()
         if pushed and pushed != digest:
             cause = f"registry stored the manifest as {pushed}, expected {digest}"
-            raise PushError(
-                f"failed to push {ref}: {cause}", reference=str(ref), registry=self.registry, cause=cause
-            )
+            raise self._error("push", ref, cause, PushError)
         log.info("pushed manifest %s as %s", digest, ref)
         return digest, True

@@ -69,11 +69,18 @@ class PushError(RegistryError):
 
 
 class Failure(Exception):
-    """Internal to the package: a request failed; ``cause`` becomes the cause of the public error."""
+    """Internal to the package: a request failed; ``cause`` becomes the cause of the public error.
 
-    def __init__(self, cause: str) -> None:
+    ``plain_http``: the registry itself answered the TLS handshake with something that is not
+    TLS, as a plain-HTTP server does; the client adds the hint naming the caller's option.
+    ``refused``: the registry's host refused the connection.
+    """
+
+    def __init__(self, cause: str, *, plain_http: bool = False, refused: bool = False) -> None:
         super().__init__(cause)
         self.cause = cause
+        self.plain_http = plain_http
+        self.refused = refused
 
 
 # --- the causes errors carry ------------------------------------------------------------------
@@ -111,6 +118,25 @@ def http_error_cause(status: int, body: bytes, kind: str = "manifest") -> str:
     return f"{'; '.join(parts)} (HTTP {status})"
 
 
+# OpenSSL's words when the answer to a ClientHello is not a TLS record ("HTTP/1.1 400 ..." from a
+# plain-HTTP server): WRONG_VERSION_NUMBER (1.1, 3.0), RECORD_LAYER_FAILURE (3.2+), UNKNOWN_PROTOCOL.
+_NOT_TLS_RE = re.compile(r"wrong version number|record layer failure|unknown protocol", re.IGNORECASE)
+
+
+def not_tls(exc: Exception) -> bool:
+    """Whether a TLS failure says the server does not speak TLS (a plain-HTTP server, likely).
+
+    Never true for a certificate that fails verification: that is a TLS server.
+    """
+    text = str(exc)
+    return bool(_NOT_TLS_RE.search(text)) and "certificate verify failed" not in text
+
+
+def plain_http_hint(verb: str, reference: str, registry: str, insecure_hint: str) -> str:
+    """``to pull <ref> over plain HTTP, list <registry> in --insecure-registries`` (the node's hint)."""
+    return f"to {verb} {reference} over plain HTTP, {insecure_hint.replace('{registry}', registry)}"
+
+
 def tls_cause(exc: Exception, host: str) -> str:
     text = str(exc)
     match = re.search(r"certificate verify failed: ([^('\"\]]+)", text)
@@ -124,11 +150,8 @@ def tls_cause(exc: Exception, host: str) -> str:
         )
     ssl_reason = re.search(r"\[SSL: [A-Z0-9_]+\] [^('\"]+", text)
     detail = ssl_reason.group(0).strip() if ssl_reason else text
-    if re.search(r"wrong version number|record layer failure|unknown protocol", text, re.IGNORECASE):
-        return (
-            f"tls: handshake with {host} failed ({detail}); if the registry serves plain HTTP, "
-            "list it in --insecure-registries"
-        )
+    if not_tls(exc):
+        return f"tls: handshake with {host} failed ({detail}): it does not speak TLS (plain HTTP?)"
     return f"tls: handshake with {host} failed ({detail})"
 
 

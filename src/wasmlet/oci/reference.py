@@ -6,6 +6,7 @@ against the grammar of distribution/reference before it names anything (docs/oci
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -126,6 +127,31 @@ def default_pull_policy(ref: Reference) -> PullPolicy:
 def normalise_host(host: str) -> str:
     host = host.lower()
     return DOCKER_HUB if host in _DOCKER_HUB_ALIASES else host
+
+
+def loopback_registry(registry: str) -> bool:
+    """Whether ``registry`` (``host[:port]``) is this machine: ``localhost``, or a literal loopback
+    address (127.0.0.0/8, ``::1``, ``[::1]:5000``, IPv4-mapped ``::ffff:127.x.y.z``). A loopback
+    registry gets plain HTTP without being listed as insecure (docs/oci.md, "Plain HTTP").
+
+    containerd's rule (``docker.IsLocalhost``, ``MatchLocalhost``): names are never resolved, so a
+    name that resolves to 127.0.0.1 (``/etc/hosts``, ``*.localhost``) is not loopback, nor is an
+    address in a form other than dotted decimal or IPv6 text (``127.1``, ``0x7f000001``).
+    """
+    host = registry.strip().lower()
+    if host.startswith("["):
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 def valid_digest(digest: str) -> bool:

@@ -13,11 +13,11 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from wasmlet.oci import limits
 from wasmlet.oci.credentials import NoNetrcAuth, RegistryAuth
-from wasmlet.oci.errors import Failure, connection_cause, http_error_cause, tls_cause
+from wasmlet.oci.errors import Failure, connection_cause, http_error_cause, not_tls, tls_cause
 from wasmlet.oci.manifest import Descriptor
 
 try:
@@ -61,6 +61,11 @@ class _Transport:
     ``Basic`` challenge with the caller's credentials (or fails at once without any), and a
     ``Bearer`` challenge by fetching a token from the realm, cached per scope. A refused answer
     fails the request with ``unauthorized`` -- one round trip, never a retry loop.
+
+    ``plain_http_fallback`` (a loopback registry not listed as insecure): a request to the
+    registry's host whose TLS handshake is answered in something other than TLS (or, without a
+    port, whose port 443 refuses the connection) is sent again over plain HTTP, and so is every
+    later one (``plain_http``): docs/oci.md, "Plain HTTP".
     """
 
     def __init__(
@@ -72,6 +77,7 @@ class _Transport:
         verify: bool | str,
         auth: RegistryAuth,
         timeout: float,
+        plain_http_fallback: bool = False,
     ) -> None:
         self.session = session
         self.registry = registry
@@ -79,6 +85,8 @@ class _Transport:
         self.verify = verify
         self.auth = auth
         self.timeout = timeout
+        self.plain_http_fallback = plain_http_fallback
+        self.plain_http = False  # the registry answered plain HTTP: every request goes so now
         self.scheme: str | None = None  # "basic" or "bearer", learned from the first challenge
         self.tokens: dict[str, str] = {}
 
@@ -98,25 +106,36 @@ class _Transport:
         Within a pull's deadline (:func:`limits.current`), the timeout is what is left of it,
         and a connection shut down at the deadline fails with the deadline as its cause.
         """
-        netloc = urlsplit(url).netloc
         deadline = limits.current()
-        timeout = self.timeout
         if deadline is not None:
             deadline.check()
-            timeout = deadline.timeout(self.timeout)
+        kwargs: dict[str, Any] = {
+            "headers": dict(headers or {}),
+            "data": data,
+            "json": json_body,
+            "params": params,
+            "stream": stream,
+            "verify": self.verify,
+        }
+        if self.plain_http:
+            url = self._over_plain_http(url)
         try:
-            response = self._request(
-                netloc,
-                method,
-                url,
-                headers=dict(headers or {}),
-                data=data,
-                json=json_body,
-                params=params,
-                stream=stream,
-                verify=self.verify,
-                timeout=timeout,
-            )
+            try:
+                response = self._request(method, url, deadline, **kwargs)
+            except Failure as failure:
+                if not (self.plain_http_fallback and self._plain_http_may_answer(url, failure)):
+                    raise
+                # HTTPS failed before anything of the request was sent: it can go again as is.
+                self.plain_http = True
+                log.info(
+                    "registry %s is on loopback, HTTPS failed (%s): plain HTTP", self.host, failure.cause
+                )
+                url = self._over_plain_http(url)
+                try:
+                    response = self._request(method, url, deadline, **kwargs)
+                except Failure as again:
+                    cause = f"{again.cause} (over plain HTTP, after HTTPS: {failure.cause})"
+                    raise Failure(cause) from again
         except Failure:
             if deadline is not None:
                 deadline.check()  # a connection shut down at the deadline: say so
@@ -127,15 +146,35 @@ class _Transport:
         log.debug("%s %s -> %s", method, url, response.status_code)
         return response
 
-    def _request(self, netloc: str, method: str, url: str, **kwargs: Any) -> requests.Response:
+    def _plain_http_may_answer(self, url: str, failure: Failure) -> bool:
+        """The registry answered HTTPS in plain HTTP; or, named without a port, refused HTTPS on
+        443 (plain HTTP is on another port, 80, then), as containerd's fallback."""
+        return failure.plain_http or (failure.refused and urlsplit(url).port is None)
+
+    def _over_plain_http(self, url: str) -> str:
+        """``url`` with ``http://`` when it is an ``https://`` URL of the registry's own host."""
+        parts = urlsplit(url)
+        if parts.scheme != "https" or parts.netloc.lower() != self.host:
+            return url
+        return urlunsplit(parts._replace(scheme="http"))
+
+    def _request(
+        self, method: str, url: str, deadline: limits.PullDeadline | None, **kwargs: Any
+    ) -> requests.Response:
+        netloc = urlsplit(url).netloc
+        kwargs["timeout"] = self.timeout if deadline is None else deadline.timeout(self.timeout)
         try:
             return self.session.request(method, url, **kwargs)
         except requests.exceptions.SSLError as exc:
-            raise Failure(tls_cause(exc, netloc)) from exc
+            # Only the registry's own answer counts: a token service elsewhere is not the registry.
+            plain_http = netloc.lower() == self.host and not_tls(exc)
+            raise Failure(tls_cause(exc, netloc), plain_http=plain_http) from exc
         except requests.exceptions.Timeout as exc:
             raise Failure(f"timeout after {kwargs['timeout']:g}s talking to {netloc}") from exc
         except requests.exceptions.ConnectionError as exc:
-            raise Failure(connection_cause(exc, netloc)) from exc
+            cause = connection_cause(exc, netloc)
+            refused = netloc.lower() == self.host and cause.endswith("connection refused")
+            raise Failure(cause, refused=refused) from exc
         except requests.exceptions.RequestException as exc:
             raise Failure(f"request to {netloc} failed: {exc}") from exc
         except OSError as exc:  # requests: "Could not find a suitable TLS CA certificate bundle"
@@ -310,12 +349,12 @@ class RegistryTransport:
         auth: RegistryAuth,
         timeout: float,
         insecure: bool,
+        plain_http_fallback: bool = False,
     ) -> None:
         self.host = host
-        self._oras = _OrasRegistry(
-            {"registry": registry, "host": host, "verify": verify, "auth": auth, "timeout": timeout},
-            insecure=insecure,
-        )
+        transport_options: dict[str, Any] = {"registry": registry, "host": host, "verify": verify}
+        transport_options |= {"auth": auth, "timeout": timeout, "plain_http_fallback": plain_http_fallback}
+        self._oras = _OrasRegistry(transport_options, insecure=insecure)
 
     @property
     def session(self) -> requests.Session:
