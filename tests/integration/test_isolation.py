@@ -1,7 +1,8 @@
 """A pod's faults stay in the pod, on a real node: a module that opens files without end gets
 "too many open files" at its own cap while its neighbours keep running, ``kubectl logs`` keeps
-answering and the Lease is renewed; a module with no memory limit is stopped at the node's default;
-a module racing its siblings' subPath mounts never gets them the host's files."""
+answering and the Lease is renewed; a module with no memory limit is stopped at the node's default,
+and one refused a single large grow under its limit is OOMKilled; a module racing its siblings'
+subPath mounts never gets them the host's files."""
 
 from __future__ import annotations
 
@@ -59,6 +60,18 @@ def test_a_module_with_no_memory_limit_is_oomkilled_at_the_nodes_default(
     pods.create(name, push_wat(registry, "grow", tmp_path), restartPolicy="Never")
     terminated = pods.wait_state(name, "terminated", timeout=90)
     assert terminated["reason"] == "OOMKilled", terminated
+
+
+def test_one_large_grow_refused_far_below_the_limit_is_oomkilled(
+    pods: Pods, registry: Registry, tmp_path: Path
+) -> None:
+    """64 MiB asked at once under a 16Mi limit, one page used: the refusal makes it OOMKilled
+    (it was reported as Error while the reason was guessed from how full the memory was)."""
+    name = unique("grow-once")
+    container = {"resources": {"limits": {"memory": "16Mi"}}}
+    pods.create(name, push_wat(registry, "grow_once", tmp_path), container, restartPolicy="Never")
+    terminated = pods.wait_state(name, "terminated")
+    assert (terminated["exitCode"], terminated["reason"]) == (134, "OOMKilled"), terminated
 
 
 READERS = 8  # subPath mounts per pod, made while the flipper runs

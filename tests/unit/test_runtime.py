@@ -16,6 +16,7 @@ import wasmtime
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from wasmlet.runtime import limited_memory
 from wasmlet.runtime.engine import ExitStatus, ModuleError, RunSpec, Runtime
 
 WASI = "wasi_snapshot_preview1"
@@ -235,6 +236,60 @@ def test_initial_memory_above_the_limit_is_oom_killed_without_running(
 def test_a_trap_far_below_the_memory_limit_stays_an_error(runtime: Runtime, tmp_path: Path) -> None:
     status, _output = run(runtime, tmp_path, UNREACHABLE, memory_limit_bytes=64 << 20)
     assert status.reason == "Error"
+
+
+GROW_ONCE = (Path(__file__).parents[1] / "modules" / "grow_once.wat").read_text()
+# Takes 255 of its 256 allowed pages (one grow, granted), then traps for a reason of its own.
+NEARLY_FULL_THEN_TRAP = """(module
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (if (i32.eq (memory.grow (i32.const 254)) (i32.const -1)) (then (return)))
+    unreachable))"""
+
+
+def refused_then(exit_code: int) -> str:
+    """Asks for 64 MiB, is refused, and ends by itself: returns from _start (0) or proc_exit(n)."""
+    end = f"(call $exit (i32.const {exit_code}))" if exit_code else ""
+    return f"""(module
+  (import "{WASI}" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (if (i32.ne (memory.grow (i32.const 1024)) (i32.const -1)) (then (return)))
+    {end}))"""
+
+
+def test_one_large_grow_refused_far_below_the_limit_is_oom_killed(runtime: Runtime, tmp_path: Path) -> None:
+    """64 MiB asked at once under 16 MiB: one page used, the grow refused, the module traps. The
+    refusal itself decides, not how close the memory was to the limit (it was 15 MiB away)."""
+    status, _output = run(runtime, tmp_path, GROW_ONCE, memory_limit_bytes=16 << 20)
+    assert (status.exit_code, status.reason) == (134, "OOMKilled"), status
+    assert "unreachable" in status.message
+
+
+def test_the_same_grow_with_no_limit_completes_and_its_memory_is_freed(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    before = limited_memory.live()
+    status, _output = run(runtime, tmp_path, GROW_ONCE)
+    assert (status.exit_code, status.reason, status.message) == (0, "Completed", "")
+    assert limited_memory.live() == before  # unmapped when the run's store closed
+
+
+def test_a_trap_with_memory_nearly_full_and_nothing_refused_stays_an_error(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    status, _output = run(runtime, tmp_path, NEARLY_FULL_THEN_TRAP, memory_limit_bytes=16 << 20)
+    assert (status.exit_code, status.reason) == (134, "Error"), status
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "reason"), [(0, "Completed"), (1, "OOMKilled")], ids=["survives", "gives-up"]
+)
+def test_after_a_refused_grow_the_exit_code_decides_between_completed_and_oom_killed(
+    runtime: Runtime, tmp_path: Path, exit_code: int, reason: str
+) -> None:
+    status, _output = run(runtime, tmp_path, refused_then(exit_code), memory_limit_bytes=16 << 20)
+    assert (status.exit_code, status.reason) == (exit_code, reason), status
 
 
 def test_precompile_rejects_garbage_bytes_naming_the_file(runtime: Runtime, tmp_path: Path) -> None:

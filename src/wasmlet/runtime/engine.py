@@ -2,7 +2,7 @@
 
 The pod controller sees :class:`RunSpec`, :class:`Execution` and :class:`ExitStatus`, never a
 wasmtime object. How stopping, CPU limits, exit codes and OOMKilled work: docs/runtime.md.
-One file (460 lines): Runtime and Execution share the epoch-deadline callback and the CPU ticker.
+One file (450 lines): Runtime and Execution share the epoch-deadline callback and the CPU ticker.
 """
 
 from __future__ import annotations
@@ -24,20 +24,19 @@ from wasmtime import _ffi as ffi
 
 from wasmlet.fsutil import write_atomic
 from wasmlet.held_dir import HeldDir
-from wasmlet.runtime import outputs, wasi_files, wasi_poll
+from wasmlet.runtime import limited_memory, outputs, wasi_files, wasi_poll
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_OPEN_FILES = 1024  # per container: the soft RLIMIT_NOFILE most Linux processes start with
-# Per store: one linear memory (memory_size caps each memory, so a second one would double the
-# limit), tables of at most 1M elements (8 MiB each, outside memory_size), ten of them.
+# Per store: one linear memory (the memory limit caps each memory, so a second one would double
+# it), tables of at most 1M elements (8 MiB each, outside the memory limit), ten of them.
 MEMORIES_PER_STORE = 1
 TABLES_PER_STORE = 10
 TABLE_ELEMENTS = 1 << 20
 EXIT_START_FAILED = 128
 EXIT_TRAPPED = 134
 EXIT_KILLED = 137
-WASM_PAGE = 65536
 CPU_PERIOD = 0.1  # seconds, as CFS's default cpu.cfs_period_us
 CPU_TICK = 0.005  # seconds between epoch ticks while a CPU-limited module runs
 MESSAGE_LIMIT = 1024
@@ -90,6 +89,7 @@ class Runtime:
     def __init__(self, cache_dir: Path, *, open_files_budget: int | None = None) -> None:
         config = wasmtime.Config()
         config.epoch_interruption = True
+        limited_memory.install(config)  # memories that enforce RunSpec.memory_limit_bytes
         self._engine = wasmtime.Engine(config)
         self._cache_dir = cache_dir
         self._lock = threading.Lock()
@@ -261,6 +261,7 @@ class Execution:
         self._files = wasi_files.FileTable(spec.max_open_files, runtime._node_files, runtime._file_shadows)
         self._period_start = 0.0  # CFS-like quota accounting (cpu_limit only)
         self._period_cpu = 0.0
+        self._memory_limit = limited_memory.MemoryLimit(spec.memory_limit_bytes)  # and its refusals
         # Where the module's exported linear memory starts while it runs (wasmtime never moves a
         # 32-bit memory): what memory_stats.resident_bytes measures it by. None before and after.
         self.memory_base: int | None = None
@@ -353,11 +354,10 @@ class Execution:
     def _run_in(self, store: wasmtime.Store, ready: wasmtime.InstancePre) -> tuple[int, str, str]:
         spec = self._spec
         try:
-            instance = ready.instantiate(store)
+            with limited_memory.limiting(self._memory_limit):
+                instance = ready.instantiate(store)
         except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
-            # An unexported memory is not in the module's type information; wasmtime's refusal says it.
-            refused = "exceeds memory limits" in str(exc)
-            reason = "OOMKilled" if refused or self._over_limit(_min_memory_bytes(ready.module)) else "Error"
+            reason = "OOMKilled" if self._memory_limit.refusals else "Error"
             return EXIT_START_FAILED, reason, f"cannot start {spec.module}: {_cause(exc)}"
         exports = instance.exports(store)
         memory = exports.get("memory")
@@ -371,14 +371,14 @@ class Execution:
             return EXIT_KILLED, "Killed", "killed: stop requested"
         if exit_code == 0:
             return 0, "Completed", ""
-        if isinstance(memory, wasmtime.Memory) and self._over_limit(memory.data_len(store) + self._slack()):
-            return exit_code, "OOMKilled", message or "memory limit reached"
+        if self._memory_limit.refusals:  # the limit refused a grow, and then the module failed
+            refusal = self._memory_limit.refusals[0]
+            return exit_code, "OOMKilled", f"{message}; {refusal}"[:MESSAGE_LIMIT] if message else refusal
         return exit_code, "Error", message
 
     def _store(self, pipes: tuple[outputs.Pipe, outputs.Pipe]) -> wasmtime.Store:
         store = wasmtime.Store(self._runtime._engine)
-        store.set_limits(
-            memory_size=-1 if self._spec.memory_limit_bytes is None else self._spec.memory_limit_bytes,
+        store.set_limits(  # no memory_size: the store's limiter would refuse a grow without telling
             table_elements=TABLE_ELEMENTS,
             tables=TABLES_PER_STORE,
             memories=MEMORIES_PER_STORE,
@@ -438,18 +438,6 @@ class Execution:
             return
         self._stopping.wait(self._period_start + CPU_PERIOD - now)
         self._period_start, self._period_cpu = time.monotonic(), time.thread_time()
-
-    def _slack(self) -> int:
-        return max((self._spec.memory_limit_bytes or 0) // 8, WASM_PAGE)
-
-    def _over_limit(self, needed: int) -> bool:
-        limit = self._spec.memory_limit_bytes
-        return limit is not None and needed > limit
-
-
-def _min_memory_bytes(module: wasmtime.Module) -> int:
-    types = [item.type for item in module.imports] + [item.type for item in module.exports]
-    return sum(ty.limits.min * WASM_PAGE for ty in types if isinstance(ty, wasmtime.MemoryType))
 
 
 def _cause(error: Exception) -> str:
