@@ -232,5 +232,18 @@ def test_private_registry_works_through_image_pull_secrets(
         waiting = pods.wait_state(without, "waiting", "ErrImagePull", timeout=30)
         assert secure_registry.host in waiting["message"]
         assert "unauthorized" in waiting["message"].lower() or "authentication" in waiting["message"].lower()
+        # Stored on the node now, but only the credentials that pulled it may use it from the store
+        # (kubelet's KubeletEnsureSecretPulledImages): IfNotPresent without them pulls, and fails.
+        stored = {"imagePullPolicy": "IfNotPresent"}
+        sneaky = pods.create(unique("sneaky"), image, stored)
+        waiting = pods.wait_state(sneaky, "waiting", "ErrImagePull", timeout=30)
+        assert "unauthorized" in waiting["message"].lower() or "authentication" in waiting["message"].lower()
+        never = pods.create(unique("never"), image, {"imagePullPolicy": "Never"})
+        waiting = pods.wait_state(never, "waiting", "ErrImageNeverPull", timeout=30)
+        assert "not present with pull policy of Never" in waiting["message"]
+        holder = pods.create(unique("holder"), image, stored, imagePullSecrets=[{"name": secret}])
+        pods.wait_state(holder, "running")
+        present = f'Container image "{image}" already present on machine and can be accessed by the pod'
+        pods.wait_event(holder, "Pulled", present)
     finally:
         delete_quietly(admin, f"/api/v1/namespaces/default/secrets/{secret}")

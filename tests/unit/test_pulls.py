@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import threading
 import time
@@ -12,7 +14,10 @@ from typing import Any
 import pytest
 
 from wasmlet.oci.client import RegistryOptions
-from wasmlet.oci.store import ModuleStore, PulledModule
+from wasmlet.oci.credentials import Keyring
+from wasmlet.oci.errors import ImageNeverPullError, PullError
+from wasmlet.oci.reference import parse_reference
+from wasmlet.oci.store import ANYONE, ModuleStore, PulledModule
 from wasmlet.pod.image import ContainerImages, ImagePuller
 
 DEADLINE = 5.0
@@ -122,10 +127,33 @@ class Events:
 
 
 class PullingStore(ModuleStore):
-    """A store whose every ensure is a pull of ``size`` bytes (no registry)."""
+    """A store whose every ensure is a pull of 1234 bytes (no registry); it says which policies."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.pulls: list[str] = []
 
     def ensure(self, reference: Any, policy: str = "IfNotPresent", *args: Any, **kwargs: Any) -> PulledModule:
-        return PulledModule(self.root / "m.wasm", "sha256:" + "a" * 64, 1234, pulled=True)
+        if policy != "Always":
+            stored = self.lookup(reference)
+            if stored is not None:
+                return stored
+        self.pulls.append(policy)
+        keyring = args[0] if args else None
+        private = str(reference).startswith("registry.example:5000/")
+        if private and isinstance(keyring, Keyring) and keyring.lookup("registry.example:5000").anonymous:
+            raise PullError("failed to pull: unauthorized", reason="ErrImagePull")  # a private registry
+        return self.write_module(reference)
+
+    def write_module(self, reference: Any) -> PulledModule:
+        entry = self.entry_dir(reference)
+        entry.mkdir(parents=True, exist_ok=True)
+        (entry / "module.wasm").write_bytes(b"\0asm\1\0\0\0")
+        (entry / "digest.txt").write_text(DIGEST + "\n")
+        return PulledModule(entry / "module.wasm", DIGEST, 1234, pulled=True)
+
+
+DIGEST = "sha256:" + "a" * 64
 
 
 def _images(store: ModuleStore, events: Events) -> ContainerImages:
@@ -143,17 +171,18 @@ POD = {"metadata": {"name": "p", "namespace": "ns", "uid": "u1"}, "spec": {}}
 
 
 def test_every_start_from_the_store_records_already_present(tmp_path: Path) -> None:
-    store, events = ModuleStore(tmp_path), Events()
+    store, events = PullingStore(tmp_path), Events()
     image = "127.0.0.1:5000/app:v1"
-    entry = store.entry_dir(image)
-    entry.mkdir(parents=True)
-    (entry / "module.wasm").write_bytes(b"\0asm\1\0\0\0")
-    (entry / "digest.txt").write_text("sha256:" + "b" * 64 + "\n")
+    store.write_module(image)  # preloaded: no access record, anyone's
     images = _images(store, events)
     spec = {"name": "main", "image": image, "imagePullPolicy": "IfNotPresent"}
     for _start in range(2):  # the first start and a restart: kubelet's EnsureImageExists each time
         assert images.module("ns/p", POD, spec) is not None
-    present = ("Normal", "Pulled", f'Container image "{image}" already present on machine')
+    present = (
+        "Normal",
+        "Pulled",
+        f'Container image "{image}" already present on machine and can be accessed by the pod',
+    )
     assert events.recorded == [present, present]
     images.close()
 
@@ -173,3 +202,70 @@ def test_a_pull_records_its_time_and_size_as_kubelet_words_it(tmp_path: Path) ->
     )
     assert re.fullmatch(pattern + r"Image size: 1234 bytes\.", events.recorded[1][2])
     images.close()
+
+
+def _secret_pod(name: str, user: str | None) -> dict[str, Any]:
+    pod = {"metadata": {"name": name, "namespace": "ns", "uid": name}, "spec": {}}
+    if user is not None:
+        pod["spec"] = {"imagePullSecrets": [{"name": user}]}
+    return pod
+
+
+def _dockerconfig(user: str) -> dict[str, Any]:
+    auth = base64.b64encode(f"{user}:secret-of-{user}".encode()).decode()
+    config = json.dumps({"auths": {"registry.example:5000": {"auth": auth}}}).encode()
+    return {"data": {".dockerconfigjson": base64.b64encode(config).decode()}}
+
+
+def _start(images: ContainerImages, pod: dict[str, Any], policy: str) -> None:
+    spec = {"name": "main", "image": "registry.example:5000/private:v1", "imagePullPolicy": policy}
+    deadline = time.monotonic() + DEADLINE
+    while images.module(f"ns/{pod['metadata']['name']}", pod, spec) is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_a_module_pulled_with_credentials_is_used_only_by_their_holders(tmp_path: Path) -> None:
+    # kubelet's KubeletEnsureSecretPulledImages (default since v1.35): a pod may not use a private
+    # image another pod's credentials pulled just because it is stored.
+    store, events = PullingStore(tmp_path), Events()
+    images = ContainerImages(
+        store,
+        Compiler(),
+        RegistryOptions(),
+        pull_secrets=lambda _ns, name: _dockerconfig(name),
+        events=events,
+        requeue=lambda _: None,
+    )
+    _start(images, _secret_pod("alice-1", "alice"), "IfNotPresent")
+    assert store.pulls == ["IfNotPresent"]
+    _start(images, _secret_pod("alice-2", "alice"), "IfNotPresent")  # the same credentials: stored
+    assert store.pulls == ["IfNotPresent"]
+    assert events.recorded[-1][2].endswith("already present on machine and can be accessed by the pod")
+    with pytest.raises(PullError, match="unauthorized"):  # none: it must pull it itself, and cannot
+        _start(images, _secret_pod("mallory", None), "IfNotPresent")
+    _start(images, _secret_pod("bob", "bob"), "IfNotPresent")  # others: their own pull
+    assert store.pulls == ["IfNotPresent", "Always", "Always"]
+    _start(images, _secret_pod("bob-2", "bob"), "IfNotPresent")  # bob's credentials pulled it now
+    assert store.pulls == ["IfNotPresent", "Always", "Always"]
+    # Stored, but not eve's: under Never it is "not present", as kubelet says (it reveals nothing).
+    with pytest.raises(ImageNeverPullError, match="not present with pull policy of Never"):
+        images.module(
+            "ns/eve",
+            _secret_pod("eve", "eve"),
+            {"name": "main", "image": "registry.example:5000/private:v1", "imagePullPolicy": "Never"},
+        )
+    images.close()
+
+
+def test_a_module_pulled_with_no_credentials_is_anyones_and_a_moved_tag_is_nobodys(tmp_path: Path) -> None:
+    store = PullingStore(tmp_path)
+    ref = parse_reference("registry.example:5000/public:v1")
+    stored = store.write_module(ref)
+    store.record_access(ref, stored, ANYONE)
+    assert store.may_use(stored, lambda: "anyone at all")
+    moved = PulledModule(stored.path, "sha256:" + "c" * 64, 1, pulled=False)
+    assert not store.may_use(moved, lambda: "")  # the record is of another digest
+    store.record_access(ref, moved, "h1")
+    assert store.may_use(moved, lambda: "h1") and not store.may_use(moved, lambda: "")
+    assert (store.entry_dir(ref) / "access.json").stat().st_mode & 0o777 == 0o600

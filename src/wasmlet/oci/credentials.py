@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import fnmatch
+import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -40,6 +41,15 @@ class RegistryAuth:
             return None
         raw = f"{self.username}:{self.password or ''}".encode()
         return f"Basic {base64.b64encode(raw).decode()}"
+
+
+def access_identity(auth: RegistryAuth) -> str:
+    """What the module store keeps of credentials that pulled a module (``access.json``): their
+    SHA-256, or "" for none. Equal credentials, whichever secret holds them, are one identity."""
+    if auth.anonymous:
+        return ""
+    fields = [auth.username, auth.password, auth.token, auth.identity_token]
+    return hashlib.sha256(json.dumps(fields).encode()).hexdigest()
 
 
 def _split_port(host: str) -> tuple[str, str]:

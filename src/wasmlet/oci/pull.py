@@ -22,6 +22,19 @@ from wasmlet.oci.store import ModuleStore, PulledModule
 log = logging.getLogger(__name__)
 
 
+def never_pulled(ref: Reference, store: ModuleStore) -> ImageNeverPullError:
+    """kubelet's answer for ``imagePullPolicy: Never`` when the image is not there -- and when it
+    is, but the pod may not use it (kubelet does not reveal that it is stored)."""
+    return ImageNeverPullError(
+        f'container image "{ref}" is not present with pull policy of Never '
+        f"(registry {ref.registry}; not in the module store at {store.entry_dir(ref)}): "
+        "pull it first, or set imagePullPolicy to IfNotPresent",
+        reference=str(ref),
+        registry=ref.registry,
+        cause="not present with pull policy of Never",
+    )
+
+
 def pull_module(client: RegistryClient, ref: Reference, store: ModuleStore) -> PulledModule:
     """Download ``ref`` into the store (unless the store already has what it resolves to)."""
     started = time.monotonic()
@@ -74,15 +87,7 @@ def ensure_module(
     if policy == "Never":
         if cached is not None:
             return cached
-        cause = "not present with pull policy of Never"
-        raise ImageNeverPullError(
-            f'container image "{ref}" is not present with pull policy of Never '
-            f"(registry {ref.registry}; not in the module store at {store.entry_dir(ref)}): "
-            "pull it first, or set imagePullPolicy to IfNotPresent",
-            reference=str(ref),
-            registry=ref.registry,
-            cause=cause,
-        )
+        raise never_pulled(ref, store)
     if policy == "IfNotPresent" and cached is not None:
         return cached
     merged = merge_options(options, insecure_registries, ca_file)

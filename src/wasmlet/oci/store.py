@@ -2,6 +2,12 @@
 
 ``<root>/<registry>/<repository>/<tag or sha256_hex>/module.wasm`` and ``digest.txt``, the commit
 record, written last (the layout and the crash rules: docs/oci.md).
+
+``access.json`` says who may use a module the node pulled, as kubelet's pulled-image records
+(KubeletEnsureSecretPulledImages, on by default since v1.35): anyone, when it was pulled with no
+credentials, else the holders of the credentials it was pulled with (their SHA-256 only). A
+module stored with no record (preloaded, say by ``oci_pull``) is anyone's, as kubelet's default
+``NeverVerifyPreloadedImages``.
 """
 
 from __future__ import annotations
@@ -9,9 +15,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import tempfile
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -29,6 +36,8 @@ if TYPE_CHECKING:
 MODULE_FILE: Final = "module.wasm"
 DIGEST_FILE: Final = "digest.txt"
 LOCK_FILE: Final = ".lock"
+ACCESS_FILE: Final = "access.json"
+ANYONE: Final = ""  # the access identity of a pull with no credentials
 
 
 def default_store_root() -> Path:
@@ -71,6 +80,38 @@ class ModuleStore:
         if not digest or (ref.digest and digest != ref.digest):
             return None
         return PulledModule(path=module, digest=digest, size=size, pulled=False)
+
+    def may_use(self, stored: PulledModule, who: Callable[[], str]) -> bool:
+        """Whether a pod presenting the credentials ``who()`` names (asked only when it matters:
+        :func:`~wasmlet.oci.credentials.access_identity`) may use ``stored`` without asking the
+        registry: it was preloaded, pulled with no credentials, or pulled with these. A record
+        of another digest (the tag moved since) grants nothing."""
+        try:
+            record = json.loads((stored.path.parent / ACCESS_FILE).read_bytes())
+        except FileNotFoundError:
+            return True
+        except (OSError, ValueError):
+            return False
+        if not isinstance(record, dict) or record.get("digest") != stored.digest:
+            return False
+        granted = record.get("credentials")
+        return record.get("anonymous") is True or (isinstance(granted, list) and who() in granted)
+
+    def record_access(self, ref: Reference, stored: PulledModule, who: str) -> None:
+        """``who`` pulled ``stored`` (as ``ref``) from the registry: it may use it from now on."""
+        with self.locked(ref) as entry:
+            path = entry / ACCESS_FILE
+            try:
+                record = json.loads(path.read_bytes())
+            except (OSError, ValueError):
+                record = {}
+            if not isinstance(record, dict) or record.get("digest") != stored.digest:
+                record = {"digest": stored.digest, "anonymous": False, "credentials": []}
+            if who == ANYONE:
+                record["anonymous"] = True
+            elif who not in record["credentials"]:
+                record["credentials"] = [*record["credentials"], who][-64:]
+            write_atomic(path, json.dumps(record, sort_keys=True).encode(), 0o600)
 
     def has(self, reference: str | Reference) -> bool:
         return self.lookup(reference) is not None

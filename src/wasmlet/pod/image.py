@@ -30,9 +30,10 @@ from typing import Any, Generic, Protocol, TypeVar
 from wasmlet.kube.client import ApiError
 from wasmlet.kube.events import EventSink
 from wasmlet.oci.client import RegistryOptions
-from wasmlet.oci.credentials import Keyring
+from wasmlet.oci.credentials import Keyring, access_identity
+from wasmlet.oci.pull import never_pulled
 from wasmlet.oci.reference import Reference, default_pull_policy, parse_reference
-from wasmlet.oci.store import ModuleStore, PulledModule
+from wasmlet.oci.store import ANYONE, ModuleStore, PulledModule
 from wasmlet.pod.go_strings import go_duration
 
 log = logging.getLogger(__name__)
@@ -225,10 +226,16 @@ class ContainerImages:
             ref = parse_reference(image)
             policy = spec.get("imagePullPolicy") or default_pull_policy(ref)
             stored = self.store.lookup(ref) if policy != "Always" else None
+            if stored is not None and not self.store.may_use(stored, lambda: self._identity(pod, ref)):
+                if policy == "Never":  # as if it were not there (kubelet reveals nothing)
+                    raise never_pulled(ref, self.store)
+                stored, policy = None, "Always"  # the pod's credentials must pull it themselves
             if stored is not None or policy == "Never":  # no network: stored, or ErrImageNeverPull
                 stored = stored or self.store.ensure(ref, policy)
                 ready = Pulled(self.compiler.precompile(stored.path), stored.digest)
-                present = f'Container image "{image}" already present on machine'
+                present = (
+                    f'Container image "{image}" already present on machine and can be accessed by the pod'
+                )
                 self.events.event(pod, "Normal", "Pulled", present)
                 return ready
             self.events.event(pod, "Normal", "Pulling", f'Pulling image "{image}"')
@@ -259,6 +266,14 @@ class ContainerImages:
     def close(self) -> None:
         self.puller.close()
 
+    def _identity(self, pod: Mapping[str, Any], ref: Reference) -> str:
+        """The access identity of the credentials ``pod`` presents for ``ref`` (a malformed
+        entry presents none: its pull will say what is wrong)."""
+        try:
+            return access_identity(self._keyring(pod).lookup(ref.registry, ref.repository))
+        except ValueError:
+            return ANYONE
+
     def _keyring(self, pod: Mapping[str, Any]) -> Keyring:
         configs = []
         namespace = pod["metadata"]["namespace"]
@@ -281,6 +296,9 @@ class ContainerImages:
             began = time.monotonic()
             pulled = self.store.ensure(ref, policy, keyring, options=self.options)
             took = time.monotonic() - began
+            self.store.record_access(
+                ref, pulled, access_identity(keyring.lookup(ref.registry, ref.repository))
+            )
             return Fetched(pulled, self.compiler.precompile(pulled.path), took)
 
         # Pods with other pull secrets pull on their own: a refused pod never shares a granted pull.
