@@ -205,7 +205,7 @@ def test_a_pull_records_its_time_and_size_as_kubelet_words_it(tmp_path: Path) ->
 
 
 def _secret_pod(name: str, user: str | None) -> dict[str, Any]:
-    pod = {"metadata": {"name": name, "namespace": "ns", "uid": name}, "spec": {}}
+    pod: dict[str, Any] = {"metadata": {"name": name, "namespace": "ns", "uid": name}, "spec": {}}
     if user is not None:
         pod["spec"] = {"imagePullSecrets": [{"name": user}]}
     return pod
