@@ -57,7 +57,8 @@ def test_each_start_records_pulled_and_a_stored_image_is_already_present(
     assert any(
         m.startswith(f'Successfully pulled image "{image}" in ') and "Image size: " in m for m in messages
     )
-    pods.wait_event(name, "Pulled", f'Container image "{image}" already present on machine')  # the restart
+    present = f'Container image "{image}" already present on machine and can be accessed by the pod'
+    pods.wait_event(name, "Pulled", present)  # the restart
 
 
 def test_an_init_container_not_started_yet_is_pod_initializing(

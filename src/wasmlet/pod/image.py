@@ -215,7 +215,8 @@ class ContainerImages:
     def module(self, key: str, pod: dict[str, Any], spec: Mapping[str, Any]) -> Pulled | None:
         """The compiled module of container ``spec`` of ``pod``, or None while it is pulled.
 
-        Each start records kubelet's ``Pulled`` event: "already present on machine", or the pull's
+        Each start records kubelet's ``Pulled`` event: "already present on machine and can be
+        accessed by the pod" (the store's access record allows it), or the pull's
         time and size (EnsureImageExists).
         """
         image = str(spec.get("image", ""))
