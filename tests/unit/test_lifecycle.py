@@ -144,7 +144,7 @@ def test_an_exit_not_restarted_stays_terminated() -> None:
 
 def test_back_off_doubles_to_five_minutes_and_resets_after_ten_minutes_running() -> None:
     container, waits = Container(), []
-    for _ in range(8):
+    for _crash_number in range(8):
         container, effects = _crash(container, NOW, ran_for=1)
         waits.append(next((e.after for e in effects if isinstance(e, LookAgain)), 0.0))
     assert waits == [0.0, 10, 20, 40, 80, 160, 300, 300]

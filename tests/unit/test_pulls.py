@@ -195,7 +195,7 @@ def test_a_pull_records_its_time_and_size_as_kubelet_words_it(tmp_path: Path) ->
     deadline = time.monotonic() + DEADLINE
     while images.module("ns/p", POD, spec) is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    kinds = [(kind, reason) for kind, reason, _ in events.recorded]
+    kinds = [(kind, reason) for kind, reason, _message in events.recorded]
     assert kinds == [("Normal", "Pulling"), ("Normal", "Pulled")]
     pattern = (
         rf'Successfully pulled image "{re.escape(image)}" in [0-9.]+m?s \([0-9.]+m?s including waiting\)\. '
