@@ -2,7 +2,9 @@
 
 The only module that imports oras-py: :class:`RegistryTransport` is all of wasmlet's use of it,
 through :class:`_OrasRegistry`, whose one network entry point is replaced by :class:`_Transport`
-(why: docs/oci.md, "oras-py, and its pitfalls").
+(why: docs/oci.md, "oras-py, and its pitfalls"). One file (about 410 lines), so that the seam
+into oras-py and the HTTP behaviour replacing it (auth, deadlines, the loopback fallback) stay
+together and nothing else imports oras.
 """
 
 from __future__ import annotations
