@@ -17,6 +17,7 @@ from wasmlet.kube.client import Client
 from wasmlet.kube.events import EventRecorder
 from wasmlet.kube.workqueue import WorkQueue
 from wasmlet.logs.rotation import LogRotation
+from wasmlet.network.pod_network import PodNetwork
 from wasmlet.node import eviction, image_gc
 from wasmlet.node import status as node_status
 from wasmlet.node.bootstrap import Bootstrapper
@@ -36,12 +37,15 @@ from wasmlet.pod.volumes.host_paths import HostPathPolicy
 from wasmlet.pod.volumes.manager import VolumeManager
 from wasmlet.pod.watch import PodWatch
 from wasmlet.runtime.engine import Runtime
+from wasmlet.serve.listeners import HttpServers
+from wasmlet.serve.wagi import WagiServing
 
 log = logging.getLogger(__name__)
 
 RENEW_CHECK_INTERVAL = 60.0
 FILES_PER_POD = 6
 FILES_FOR_THE_NODE = 1024
+POD_CIDR_WAIT = 10.0  # seconds a new node waits for the controller manager to give it a podCIDR
 
 
 def _raise_open_files_limit() -> int:
@@ -87,7 +91,10 @@ def build_pods(
     client: Client,
     runtime: Runtime,
     pressure: eviction.Pressure,
+    *,
     events: EventRecorder | None = None,
+    network: PodNetwork | None = None,
+    servers: HttpServers | None = None,
 ) -> PodParts:
     """The pod controller with its collaborators, from the node's settings."""
     store = ModuleStore(config.data_dir / ".oci" / "modules")
@@ -133,10 +140,12 @@ def build_pods(
         log_root=log_root,
         log_rotation=LogRotation(config.container_log_max_size, config.container_log_max_files),
         limits=Limits(config.default_memory_limit, config.max_open_files_per_container),
+        wagi=WagiServing(runtime, servers) if servers is not None else None,
     )
     controller = PodController(
         images=images,
         volumes=volumes,
+        network=network or PodNetwork(config.node_ip),
         starter=starter,
         status=StatusWriter(client, config.node_ip),
         events=events,
@@ -158,6 +167,7 @@ class Agent:
         self.server: KubeletServer | None = None
         self.clients: list[Client] = []
         self.events: EventRecorder | None = None
+        self.servers: HttpServers | None = None
 
     def _spawn(self, name: str, target: Any, *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -182,9 +192,15 @@ class Agent:
         self.clients.append(pod_client)
         self.events = events = event_recorder(config, pod_client)
         pressure = eviction.Pressure()
-        node = NodeAgent(config, client, pressure, events)
+        network = PodNetwork(config.node_ip, (*config.cluster_cidrs, *config.service_cidrs))
+        network.start()  # the cluster's ranges stay on this machine before any pod runs
+        node = NodeAgent(config, client, pressure, events, on_pod_cidr=network.use_pod_cidr)
         node.register()
         node.renew_lease()
+        if not node.await_pod_cidr(POD_CIDR_WAIT):
+            log.warning(
+                "node %s has no podCIDR: its pods use the node IP %s", config.node_name, config.node_ip
+            )
         self._spawn(f"heartbeat:{config.node_name}", node.run, self.stop)
         # Pods run while the serving certificate waits for approval, as with a kubelet.
         budget = open_files_budget(files_limit, config.max_pods)
@@ -194,7 +210,10 @@ class Agent:
             config.max_open_files_per_container,
         )
         self.runtime = Runtime(config.data_dir / "cache" / "compiled", open_files_budget=budget)
-        self.pods = pods = build_pods(config, pod_client, self.runtime, pressure, events)
+        self.servers = HttpServers()
+        self.pods = pods = build_pods(
+            config, pod_client, self.runtime, pressure, events=events, network=network, servers=self.servers
+        )
         pods.controller.start()
         node.allocatable_enforced()  # admission holds the pods to the allocatable from now on
         PodWatch(pod_client, config.node_name, pods.controller, self.stop).start()
@@ -253,6 +272,8 @@ class Agent:
             self.server.server_close()
         if self.pods is not None:
             self.pods.controller.shutdown()
+        if self.servers is not None:
+            self.servers.close()
         if self.events is not None:
             self.events.flush(2.0)
             self.events.close()

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from wasmlet import config as node_config
 from wasmlet.agent import Agent
 from wasmlet.kube.client import ApiError
+from wasmlet.network.interface import InterfaceError
 from wasmlet.node.bootstrap import BootstrapError
 
 
@@ -27,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     agent.install_signal_handlers()
     try:
         agent.run()
-    except BootstrapError as exc:
+    except (BootstrapError, InterfaceError) as exc:
         print(f"wasmlet: error: {exc}", file=sys.stderr)
         return 1
     except (ApiError, OSError) as exc:  # OSError includes TransportError

@@ -74,6 +74,10 @@ class NodeConfig:
     # kubelet's: below this memory.available, report MemoryPressure and evict pods one by one
     eviction_hard: eviction.Threshold = eviction.DEFAULT_THRESHOLD
     eviction_pressure_transition_period: float = eviction.DEFAULT_PRESSURE_TRANSITION  # seconds
+    # The cluster's pod and Service ranges: routed into the node-local interface so that no packet
+    # for them leaves the machine (docs/networking.md).
+    cluster_cidrs: tuple[str, ...] = ()
+    service_cidrs: tuple[str, ...] = ()
 
     @property
     def config_dir(self) -> Path:
@@ -127,6 +131,12 @@ _OPTIONS: list[tuple[str, str, str]] = [
     ("image-gc-low-threshold", "int", "disk usage percent module GC frees down to (default: 80)"),
     ("image-minimum-gc-age", "str", "a module is never removed sooner after it is first seen (default: 2m)"),
     ("max-api-connections", "int", "kubelet API connections open at once (default: 500)"),
+    (
+        "cluster-cidr",
+        "list",
+        "the cluster's pod IP range(s) (the controller manager's flag): kept on this machine (default: none)",
+    ),
+    ("service-cidr", "list", "the cluster's Service IP range(s): kept on this machine (default: none)"),
     (
         "eviction-hard",
         "str",
@@ -270,6 +280,19 @@ def _as_eviction_hard(value: object) -> eviction.Threshold:
         raise ConfigError(f"--eviction-hard: {exc}") from None
 
 
+def _as_cidrs(option: str, value: object) -> tuple[str, ...]:
+    networks = []
+    for text in sorted(_as_list(value)):
+        try:
+            network = ipaddress.ip_network(text)
+        except ValueError as exc:
+            raise ConfigError(f"--{option}: {text!r} is not a CIDR range: {exc}") from None
+        if network.prefixlen == 0:
+            raise ConfigError(f"--{option}: {text} covers every address, the default route too")
+        networks.append(str(network))
+    return tuple(networks)
+
+
 def default_node_ip(hostname: str) -> str:
     """The host's primary address: what its hostname resolves to, skipping loopback when possible."""
     try:
@@ -396,4 +419,6 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         eviction_pressure_transition_period=_as_duration(
             "eviction-pressure-transition-period", merged.get("eviction-pressure-transition-period", "5m")
         ),
+        cluster_cidrs=_as_cidrs("cluster-cidr", merged.get("cluster-cidr", "")),
+        service_cidrs=_as_cidrs("service-cidr", merged.get("service-cidr", "")),
     )

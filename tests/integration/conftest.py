@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 from helpers import (
+    POD_NETWORK,
     ROOT,
     SECURE_REGISTRY,
     Cluster,
@@ -83,6 +84,7 @@ def wasm_node(
         f"{secure_registry.host}={secure_registry.ca}",
         "--allowed-host-paths",
         str(tmp_path_factory.getbasetemp()),
+        *POD_NETWORK,
     )
     with joined_node(
         admin, tmp_path_factory.mktemp("wasm-node"), unique("wasm-node"), "127.0.0.2", *extra

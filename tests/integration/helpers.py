@@ -38,6 +38,12 @@ SECURE_REGISTRY = {
 }
 
 
+# The cluster's ranges as the control_plane role's defaults set them, kept on the machine by nodes.
+CLUSTER_CIDR = "10.244.0.0/16"
+SERVICE_CIDR = "10.96.0.0/12"
+POD_NETWORK = ("--cluster-cidr", CLUSTER_CIDR, "--service-cidr", SERVICE_CIDR)
+
+
 def run_playbook(playbook: str, extra_vars: dict[str, object] | None = None) -> str:
     """Run a playbook of this collection against the local inventory; return its output."""
     return run_playbook_file(ROOT / "playbooks" / playbook, extra_vars)

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from wasmlet.kube.workqueue import WorkQueue
+from wasmlet.network.pod_network import PodNetwork
 from wasmlet.node import eviction
 from wasmlet.oci.errors import NotWasmError, PullError
 from wasmlet.pod import lifecycle, stages
@@ -153,9 +154,11 @@ class Node:
         self.images, self.volumes, self.starter = Images(), Volumes(), Starter()
         self.status, self.events, self.queue = Status(), Events(), Queue()
         self.pressure = eviction.Pressure()
+        self.network = PodNetwork("127.0.0.9")
         self.controller = PodController(
             images=self.images,
             volumes=self.volumes,
+            network=self.network,
             starter=self.starter,
             status=self.status,
             events=self.events,

@@ -56,13 +56,23 @@ def test_phase_and_readiness_follow_the_kubelet(  # noqa: PLR0917
     ready: bool,
 ) -> None:
     run = run_with(state, policy, last)
+    run.ips = ("10.244.0.7",)
     assert run.containers["main"].life.ever_started is ever_started
     status = pod_status(run, "127.0.0.2")
     assert status["phase"] == phase
     conditions = {c["type"]: c["status"] for c in status["conditions"]}
     assert conditions["Ready"] == ("True" if ready else "False")
-    assert status["hostIP"] == status["podIP"] == "127.0.0.2"
+    assert (status["hostIP"], status["podIP"]) == ("127.0.0.2", "10.244.0.7")
+    assert status["podIPs"] == [{"ip": "10.244.0.7"}]
     assert status["containerStatuses"][0]["ready"] is ready
+
+
+def test_no_pod_ip_is_reported_before_the_pod_has_one() -> None:
+    """kubelet reports podIP once the sandbox has its network; a pod refused or waiting has none."""
+    status = pod_status(run_with({"waiting": {"reason": "ContainerCreating"}}), "127.0.0.2")
+    assert status["hostIP"] == "127.0.0.2"
+    assert "podIP" not in status
+    assert "podIPs" not in status
 
 
 def test_condition_transition_time_is_kept_while_the_status_holds() -> None:

@@ -19,6 +19,8 @@ import logging
 import os
 import platform
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -237,7 +239,9 @@ class NodeAgent:
         client: Client,
         pressure: eviction.Pressure | None = None,
         events: EventSink | None = None,
+        on_pod_cidr: Callable[[str], None] | None = None,
     ) -> None:
+        self.on_pod_cidr = on_pod_cidr  # told the Node's spec.podCIDR whenever the Node is read
         self.config = config
         self.client = client
         self.path = f"/api/v1/nodes/{config.node_name}"
@@ -310,6 +314,7 @@ class NodeAgent:
         it before each update), and record an event for each condition that changed."""
         if current is None:
             current = self.client.get(self.path)
+        self._pod_cidr(current)
         stored = current.get("status") if isinstance(current, dict) else None
         stored = stored if isinstance(stored, dict) else {}
         previous = [c for c in stored.get("conditions") or [] if isinstance(c, dict)]
@@ -325,6 +330,23 @@ class NodeAgent:
             self.record("Warning", REBOOTED, f"Node {name} has been rebooted, boot id: {boot}")
         for reason in condition_events(previous, status["conditions"]):
             self.record("Normal", reason, f"Node {name} status is now: {reason}")
+
+    def _pod_cidr(self, node: Any) -> str:
+        spec = node.get("spec") if isinstance(node, dict) else None
+        cidr = str(spec.get("podCIDR") or "") if isinstance(spec, dict) else ""
+        if cidr and self.on_pod_cidr is not None:
+            self.on_pod_cidr(cidr)
+        return cidr
+
+    def await_pod_cidr(self, timeout: float) -> str:
+        """The Node's podCIDR, read until the controller manager has set it or ``timeout`` passes
+        ("" then: no allocator runs, or it has no range left)."""
+        until = time.monotonic() + timeout
+        while True:
+            cidr = self._pod_cidr(self.client.get(self.path))
+            if cidr or time.monotonic() >= until:
+                return cidr
+            time.sleep(0.2)
 
     def renew_lease(self) -> None:
         name = self.config.node_name

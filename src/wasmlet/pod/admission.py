@@ -105,6 +105,36 @@ def fit(
     return None
 
 
+EVERY_ADDRESS = "0.0.0.0"  # noqa: S104 -- a hostIP that is not set, compared, never bound
+NODE_PORTS = Rejection(
+    "NodePorts", "Predicate NodePorts failed: node(s) didn't have free ports for the requested pod ports"
+)
+
+
+def host_ports(pod: Mapping[str, Any]) -> set[tuple[str, str, int]]:
+    """(hostIP, protocol, hostPort) of each port the pod's containers take on the node (for
+    ``hostNetwork`` pods the apiserver sets hostPort to containerPort)."""
+    taken = set()
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for port in container.get("ports") or []:
+            if port.get("hostPort"):
+                ip = str(port.get("hostIP") or EVERY_ADDRESS)
+                taken.add((ip, str(port.get("protocol") or "TCP"), int(port["hostPort"])))
+    return taken
+
+
+def port_conflict(pod: Mapping[str, Any], admitted: Iterable[Mapping[str, Any]]) -> Rejection | None:
+    """The scheduler's NodePorts filter, as kubelet's admission runs it: a host port taken by an
+    admitted pod (on the same address, or either on every address) refuses the pod."""
+    used = {taken for other in admitted for taken in host_ports(other)}
+    for ip, protocol, port in host_ports(pod):
+        for other_ip, other_protocol, other_port in used:
+            same_address = ip == other_ip or EVERY_ADDRESS in (ip, other_ip)
+            if same_address and (protocol, port) == (other_protocol, other_port):
+                return NODE_PORTS
+    return None
+
+
 def _tolerates_wasm(toleration: Mapping[str, Any]) -> bool:
     if toleration.get("key") != WASM_TAINT_KEY:
         return False

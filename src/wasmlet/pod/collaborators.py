@@ -37,6 +37,14 @@ class Volumes(Protocol):
     def remove(self, pod: Mapping[str, Any]) -> None: ...
 
 
+class Network(Protocol):
+    """:class:`wasmlet.network.pod_network.PodNetwork`"""
+
+    def ips(self, pod: Mapping[str, Any]) -> tuple[str, ...]: ...
+
+    def release(self, uid: str) -> None: ...
+
+
 class Starter(Protocol):
     """:class:`wasmlet.pod.start.ContainerStarter`"""
 

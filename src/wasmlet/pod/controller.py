@@ -30,11 +30,12 @@ from wasmlet.kube.client import timestamp
 from wasmlet.kube.events import EventSink
 from wasmlet.kube.workqueue import WorkQueue
 from wasmlet.logs import files as log_files
+from wasmlet.network.addresses import AddressError
 from wasmlet.node import eviction, image_gc
 from wasmlet.oci.errors import NotWasmError, PullError
 from wasmlet.pod import admission, lifecycle, stages
 from wasmlet.pod.admission import Rejection
-from wasmlet.pod.collaborators import Admission, Images, Starter, Status, Volumes
+from wasmlet.pod.collaborators import Admission, Images, Network, Starter, Status, Volumes
 from wasmlet.pod.image import Pulled
 from wasmlet.pod.run import ContainerRun, PodRun, adopted, pod_key, should_restart
 from wasmlet.pod.start import ConfigError, ephemeral_refusal, unsupported
@@ -54,6 +55,7 @@ class PodController:
         *,
         images: Images,
         volumes: Volumes,
+        network: Network,
         starter: Starter,
         status: Status,
         events: EventSink,
@@ -63,6 +65,7 @@ class PodController:
     ) -> None:
         self.images = images
         self.volumes = volumes
+        self.network = network
         self.starter = starter
         self.status = status
         self.events = events
@@ -219,7 +222,9 @@ class PodController:
                     runs = list(self.runs.items())
                 others = [r.pod for k, r in runs if k != key and stages.holds_resources(r.stage)]
                 try:
-                    rejection = admission.fit(run.pod, others, by.allocatable)
+                    rejection = admission.fit(run.pod, others, by.allocatable) or admission.port_conflict(
+                        run.pod, others
+                    )
                 except ValueError as exc:
                     rejection = Rejection("UnexpectedAdmissionError", str(exc))
             self._move(key, run, stages.Admitted() if rejection is None else stages.Refused(rejection))
@@ -228,6 +233,8 @@ class PodController:
         """kubelet's SyncPod: deadline, volumes, init containers in order, then the containers."""
         if self._past_deadline(key, run):
             self._move(key, run, stages.Fail(DEADLINE))
+            return
+        if not run.ips and not self._give_ips(key, run):
             return
         if not self.volumes.mount(key, run.pod):
             return
@@ -248,6 +255,16 @@ class PodController:
             if not stages.runs_containers(run.stage):
                 return  # failed as a whole (an image that is not wasm)
 
+    def _give_ips(self, key: str, run: PodRun) -> bool:
+        """The pod's IPs, where kubelet makes its sandbox; retried while none can be had."""
+        try:
+            run.ips = self.network.ips(run.pod)
+        except AddressError as exc:
+            self._event(run, "Warning", "FailedCreatePodSandBox", f"Failed to create pod sandbox: {exc}")
+            self.queue.add_after(key, 10.0)
+            return False
+        return True
+
     def _terminate(self, key: str, run: PodRun, grace: float) -> None:
         """kubelet's SyncTerminatingPod: once every container has stopped, delete the object."""
         self._stop_all(run, grace)
@@ -264,6 +281,7 @@ class PodController:
             return
         self._close_writers(run)
         self.volumes.remove(run.pod)
+        self.network.release(run.uid)
         self.images.forget(run.uid)
         meta = run.pod["metadata"]
         log_files.remove_pod_logs(

@@ -55,6 +55,7 @@ class PodRun:
     init_containers: dict[str, ContainerRun] = field(default_factory=dict)
     ephemeral: dict[str, ContainerRun] = field(default_factory=dict)  # refused, never run (kubectl debug)
     start_time: str = field(default_factory=timestamp)
+    ips: tuple[str, ...] = ()  # its pod IPs, given before its first container starts
     stage: stages.Stage = field(default_factory=stages.Admitting)  # moved only by stages.step, on its worker
     last_status: dict[str, Any] | None = None
     # Handed over by other threads for the pod's worker to apply: the API object was deleted

@@ -24,6 +24,8 @@ from wasmlet.pod.run import ContainerRun, PodRun, RunningModule
 from wasmlet.pod.volumes.mounts import Preopen, close_preopens
 from wasmlet.pod.volumes.spec import VolumeError
 from wasmlet.runtime.engine import ExitStatus, RunSpec
+from wasmlet.serve import cgi
+from wasmlet.serve.wagi import DEFAULT_PORT, WagiServing
 
 # Container fields a WebAssembly module cannot honour, each refused with the reason.
 _PROBES = "probes exec a command or call the container over the network; WASI modules have neither"
@@ -84,6 +86,7 @@ class Configured:
     spec: Mapping[str, Any]
     env: dict[str, str]
     preopens: list[Preopen]
+    route: cgi.Route | None = None  # a WAGI handler's route: served, not run
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,9 @@ class ContainerStarter:
         log_root: Path,
         log_rotation: LogRotation,
         limits: Limits,
+        wagi: WagiServing | None = None,
     ) -> None:
+        self.wagi = wagi
         self.runtime = runtime
         self.mounts = mounts
         self.sources = sources
@@ -121,7 +126,13 @@ class ContainerStarter:
     def configure(self, run: PodRun, spec: Mapping[str, Any]) -> Configured:
         """The container's variables as kubelet builds them, and its mounts; ConfigError when either
         cannot be made yet."""
-        ips = (self.node_ip,)
+        ips = run.ips or (self.node_ip,)
+        try:
+            route = cgi.handler_routes(run.pod).get(str(spec["name"]))
+        except cgi.WagiError as exc:
+            raise ConfigError(str(exc)) from exc
+        if route is not None and self.wagi is None:
+            raise ConfigError(f"container {spec['name']} is a WAGI handler, and this node serves no HTTP")
         try:
             resolved = pod_env.resolve_environment(
                 run.pod, spec, self.sources, host_ips=ips, pod_ips=ips, allocatable=self.allocatable
@@ -134,7 +145,7 @@ class ContainerStarter:
             preopens = self.mounts.preopens(run.pod, spec, resolved.env)
         except VolumeError as exc:
             raise ConfigError(str(exc)) from exc
-        return Configured(spec, resolved.env, preopens)
+        return Configured(spec, resolved.env, preopens, route)
 
     def launch(
         self,
@@ -175,7 +186,31 @@ class ContainerStarter:
                 stderr=writer.stderr,
                 name=f"{meta['namespace']}/{meta['name']}/{crun.name}",
             )
+            if ready.route is not None and self.wagi is not None:
+                return self.wagi.serve(
+                    run_spec, ready.route, self._addresses(run, ready.spec), ready.preopens, on_exit
+                )
             return self.runtime.start(run_spec, on_exit)
         except BaseException:
             close_preopens(ready.preopens)  # the runtime closes them once it has them (closing is idempotent)
             raise
+
+    def _addresses(self, run: PodRun, spec: Mapping[str, Any]) -> list[tuple[str, int]]:
+        """Where a WAGI container listens: the pod IP on its first TCP containerPort (else the port
+        of Krustlet's ``alpha.wagi.krustlet.dev/default-host``, else 3000), and the node's IP (or
+        the port's hostIP) on its hostPort when the pod has its own IP."""
+        pod_ip = (run.ips or (self.node_ip,))[0]
+        ports = [p for p in spec.get("ports") or [] if str(p.get("protocol") or "TCP") == "TCP"]
+        if ports:
+            port = int(ports[0]["containerPort"])
+        else:
+            default_host = (run.pod["metadata"].get("annotations") or {}).get(cgi.KRUSTLET_DEFAULT_HOST, "")
+            port = (
+                int(default_host.rpartition(":")[2])
+                if default_host.rpartition(":")[2].isdigit()
+                else DEFAULT_PORT
+            )
+        addresses = [(pod_ip, port)]
+        if ports and ports[0].get("hostPort") and pod_ip != self.node_ip:
+            addresses.append((str(ports[0].get("hostIP") or self.node_ip), int(ports[0]["hostPort"])))
+        return addresses

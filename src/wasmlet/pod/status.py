@@ -109,8 +109,7 @@ def pod_status(run: PodRun, node_ip: str) -> dict[str, Any]:
         ],
         "hostIP": node_ip,
         "hostIPs": [{"ip": node_ip}],
-        "podIP": node_ip,
-        "podIPs": [{"ip": node_ip}],
+        **({"podIP": run.ips[0], "podIPs": [{"ip": ip} for ip in run.ips]} if run.ips else {}),
         "startTime": run.start_time,
         "containerStatuses": statuses,
     }

@@ -71,6 +71,10 @@ class RunSpec:
     max_open_files: int = DEFAULT_MAX_OPEN_FILES  # files the module may hold open at once
     cpu_limit: float | None = None  # cores (limits.cpu); None: not throttled
     name: str = ""  # e.g. "default/simpleserver/main", for the thread name and log records
+    stdin: bytes = b""  # what the module reads on fd 0 (a WAGI request's body)
+    # Call stdout and stderr on the module's own thread as it writes, with no pipes: for short runs
+    # (a WAGI request) whose caller needs the whole output when Runtime.call returns.
+    inline_output: bool = False
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,19 @@ class Runtime:
         thread_name = spec.name or f"wasm {spec.module.name}"
         threading.Thread(target=execution._run, name=thread_name, daemon=True).start()
         return execution
+
+    def call(self, spec: RunSpec, watch: Callable[[Execution], None] | None = None) -> ExitStatus:
+        """Run ``spec`` on this thread and return how it ended. ``watch`` gets the execution before
+        it starts, to :meth:`Execution.stop` it from another thread (at a deadline, say)."""
+        execution = Execution(self, spec, lambda _status: None)
+        with self._lock:
+            self._executions.add(execution)
+        if watch is not None:
+            watch(execution)
+        execution._run()
+        if execution._status is None:  # _run always sets it
+            raise RuntimeError(f"{execution.name}: ended without an exit status")
+        return execution._status
 
     def _throttle(self, add: int) -> None:
         """Count a CPU-limited execution in (+1) or out (-1); start the ticker for the first."""
@@ -329,7 +346,7 @@ class Execution:
         except ModuleError as exc:
             return EXIT_START_FAILED, "Error", str(exc)
         try:
-            pipes = self._runtime._pipes(spec, self.name)
+            pipes = () if spec.inline_output else self._runtime._pipes(spec, self.name)
         except OSError as exc:  # out of file descriptors, say
             return EXIT_START_FAILED, "Error", f"cannot start {spec.module}: no output pipes: {exc}"
         try:
@@ -376,14 +393,14 @@ class Execution:
             return exit_code, "OOMKilled", f"{message}; {refusal}"[:MESSAGE_LIMIT] if message else refusal
         return exit_code, "Error", message
 
-    def _store(self, pipes: tuple[outputs.Pipe, outputs.Pipe]) -> wasmtime.Store:
+    def _store(self, pipes: tuple[outputs.Pipe, ...]) -> wasmtime.Store:
         store = wasmtime.Store(self._runtime._engine)
         store.set_limits(  # no memory_size: the store's limiter would refuse a grow without telling
             table_elements=TABLE_ELEMENTS,
             tables=TABLES_PER_STORE,
             memories=MEMORIES_PER_STORE,
         )
-        store.set_wasi(self._wasi_config(*pipes))
+        store.set_wasi(self._wasi_config(pipes))
         for pipe in pipes:
             pipe.opened()  # wasmtime holds its own write ends now
         self._monotonic_origin_ns = time.monotonic_ns()
@@ -405,13 +422,21 @@ class Execution:
             return EXIT_TRAPPED, _cause(exc)
         return 0, ""
 
-    def _wasi_config(self, stdout: outputs.Pipe, stderr: outputs.Pipe) -> wasmtime.WasiConfig:
+    def _wasi_config(self, pipes: tuple[outputs.Pipe, ...]) -> wasmtime.WasiConfig:
         spec = self._spec
         wasi = wasmtime.WasiConfig()
         wasi.argv = list(spec.argv)
         wasi.env = list(spec.env.items())
-        wasi.stdout_file = stdout.path
-        wasi.stderr_file = stderr.path
+        if pipes:
+            stdout, stderr = pipes
+            wasi.stdout_file = stdout.path
+            wasi.stderr_file = stderr.path
+        else:
+            wasi.stdout_custom = spec.stdout
+            wasi.stderr_custom = spec.stderr
+        if spec.stdin:
+            stdin = ffi.bytes_to_capi(spec.stdin)  # the config takes over the vector's contents
+            ffi.wasi_config_set_stdin_bytes(wasi.ptr(), ctypes.byref(stdin))
         for host_dir, guest_path, read_only in spec.preopens:
             host = host_dir.proc_path if isinstance(host_dir, HeldDir) else str(host_dir)
             wasi.preopen_dir(host, guest_path, fs_mutable=not read_only)

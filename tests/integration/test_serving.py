@@ -1,0 +1,255 @@
+"""Pods that serve, against a real node: pod IPs from the node's podCIDR, WAGI handlers on them,
+a Deployment behind a Service whose EndpointSlice fills in, listeners gone with their pods, the
+routes that keep the cluster's ranges on the machine, and host ports refused as kubelet does."""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import (
+    CLUSTER_CIDR,
+    SEED_TOLERATIONS,
+    SERVICE_CIDR,
+    Pods,
+    Registry,
+    delete_quietly,
+    pod_manifest,
+    push_wat,
+    unique,
+    wait_for,
+)
+from wasmlet_proc import WasmletNode
+
+from wasmlet.kube.client import Client
+from wasmlet.network import interface
+
+pytestmark = pytest.mark.integration
+
+NAMESPACE = "/apis/apps/v1/namespaces/default"
+
+
+def request(ip: str, port: int, method: str = "GET", path: str = "/", body: bytes = b"") -> tuple[int, str]:
+    conn = http.client.HTTPConnection(ip, port, timeout=10)
+    try:
+        conn.request(method, path, body=body or None)
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
+
+
+def cgi_variables(text: str) -> dict[str, str]:
+    head = text.partition("body=")[0]
+    return dict(line.split("=", 1) for line in head.splitlines() if "=" in line)
+
+
+def pod_cidr(admin: Client, node: WasmletNode) -> ipaddress.IPv4Network:
+    cidr = admin.get(f"/api/v1/nodes/{node.name}")["spec"]["podCIDR"]
+    return ipaddress.IPv4Network(cidr)
+
+
+def wagi_annotation(container: str, route: str = "/...") -> dict[str, str]:
+    return {"wasmlet.dev/wagi": json.dumps({container: {"route": route}})}
+
+
+@pytest.fixture
+def wagi_image(registry: Registry, tmp_path: Path) -> str:
+    return push_wat(registry, "wagi_env", tmp_path)
+
+
+@pytest.fixture
+def deployment(admin: Client, wasm_node: WasmletNode, wagi_image: str) -> Iterator[str]:
+    """A Deployment of 3 WAGI replicas on the session node and a Service in front of them."""
+    name = unique("hello-http")
+    labels = {"app": name}
+    admin.post(
+        f"{NAMESPACE}/deployments",
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": 3,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels, "annotations": wagi_annotation("hello", "/hello/...")},
+                    "spec": {
+                        "nodeSelector": {"kubernetes.io/hostname": wasm_node.name},
+                        "tolerations": SEED_TOLERATIONS,
+                        "terminationGracePeriodSeconds": 2,
+                        "containers": [
+                            {"name": "hello", "image": wagi_image, "ports": [{"containerPort": 8080}]}
+                        ],
+                    },
+                },
+            },
+        },
+    )
+    admin.post(
+        "/api/v1/namespaces/default/services",
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name},
+            "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 8080}]},
+        },
+    )
+    yield name
+    delete_quietly(admin, f"{NAMESPACE}/deployments/{name}")
+    delete_quietly(admin, f"/api/v1/namespaces/default/services/{name}")
+
+
+def ready_endpoints(admin: Client, service: str) -> list[str]:
+    slices = admin.get(
+        "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
+        {"labelSelector": f"kubernetes.io/service-name={service}"},
+    )["items"]
+    return sorted(
+        address
+        for found in slices
+        for endpoint in found.get("endpoints") or []
+        if (endpoint.get("conditions") or {}).get("ready")
+        for address in endpoint["addresses"]
+    )
+
+
+def running_pod_ips(admin: Client, app: str) -> list[str]:
+    items = admin.get("/api/v1/namespaces/default/pods", {"labelSelector": f"app={app}"})["items"]
+    return sorted(
+        p["status"]["podIP"]
+        for p in items
+        if p.get("status", {}).get("phase") == "Running"
+        and not p["metadata"].get("deletionTimestamp")
+        and p["status"].get("podIP")
+    )
+
+
+def scale(admin: Client, name: str, replicas: int) -> None:
+    admin.patch(f"{NAMESPACE}/deployments/{name}/scale", {"spec": {"replicas": replicas}})
+
+
+def refused(ip: str, port: int) -> bool:
+    try:
+        socket.create_connection((ip, port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_a_deployment_behind_a_service_serves_from_pod_ips_and_scales_to_zero_and_back(
+    admin: Client, wasm_node: WasmletNode, deployment: str
+) -> None:
+    cidr = pod_cidr(admin, wasm_node)
+
+    def three_ready() -> list[str] | None:
+        ips = running_pod_ips(admin, deployment)
+        return ips if len(ips) == 3 and ready_endpoints(admin, deployment) == ips else None
+
+    ips = wait_for("3 replicas Running and ready in the Service's EndpointSlice", three_ready, timeout=60)
+    assert all(ipaddress.IPv4Address(ip) in cidr for ip in ips), (ips, cidr)
+    for ip in ips:
+        status, text = request(ip, 8080, "POST", "/hello/world?x=1", body=b"ping")
+        assert status == 200, text
+        cgi = cgi_variables(text)
+        assert cgi["REQUEST_METHOD"] == "POST"
+        assert (cgi["SCRIPT_NAME"], cgi["PATH_INFO"], cgi["QUERY_STRING"]) == ("/hello", "/world", "x=1")
+        assert (cgi["SERVER_NAME"], cgi["SERVER_PORT"]) == (ip, "8080")
+        assert cgi["X_MATCHED_ROUTE"] == "/hello/..."
+        assert text.endswith("body=ping")
+        assert request(ip, 8080, "GET", "/elsewhere")[0] == 404
+
+    scale(admin, deployment, 0)
+    wait_for("the EndpointSlice to empty", lambda: ready_endpoints(admin, deployment) == [], timeout=60)
+    wait_for("every listener to close", lambda: all(refused(ip, 8080) for ip in ips), timeout=30)
+
+    scale(admin, deployment, 3)
+    again = wait_for("3 replicas again", three_ready, timeout=60)
+    for ip in again:
+        assert request(ip, 8080, "GET", "/hello")[0] == 200
+
+
+def test_pod_ips_are_distinct_and_freed_with_their_pods(
+    admin: Client, wasm_node: WasmletNode, pods: Pods, wagi_image: str
+) -> None:
+    cidr = pod_cidr(admin, wasm_node)
+    first = pods.create(unique("ip-a"), wagi_image, restartPolicy="Never")
+    second = pods.create(unique("ip-b"), wagi_image, restartPolicy="Never")
+    for name in (first, second):
+        pods.wait_state(name, "terminated")  # not annotated as a handler: it runs once and ends
+    a, b = (pods.get(name)["status"]["podIP"] for name in (first, second))
+    assert a != b
+    assert ipaddress.IPv4Address(a) in cidr and ipaddress.IPv4Address(b) in cidr
+    assert ipaddress.IPv4Address(a) not in {cidr.network_address, cidr.network_address + 1}
+
+
+def test_a_host_network_pod_has_the_node_ip(
+    wasm_node: WasmletNode, host_path_pods: Pods, wagi_image: str
+) -> None:
+    pods = host_path_pods  # a privileged namespace: baseline Pod Security refuses hostNetwork
+    name = pods.create(unique("host-net"), wagi_image, hostNetwork=True, restartPolicy="Never")
+    pods.wait_state(name, "terminated")
+    status = pods.get(name)["status"]
+    assert status["podIP"] == status["hostIP"] == wasm_node.ip
+
+
+def test_a_host_port_taken_by_another_pod_is_refused_with_the_kubelets_reason(
+    host_path_pods: Pods, wagi_image: str
+) -> None:
+    pods = host_path_pods  # a privileged namespace: baseline Pod Security refuses host ports
+    port = {"ports": [{"containerPort": 8080, "hostPort": 18080}]}
+    first = unique("port-a")
+    manifest = pod_manifest(first, pods.node.name, wagi_image, port)
+    manifest["metadata"]["annotations"] = wagi_annotation(first.rsplit("-", 1)[0])
+    pods.admin.post(f"{pods.path}/pods", manifest)
+    pods.created.append(first)
+    pods.wait_state(first, "running")  # a handler: it holds its host port while it runs
+    # The scheduler would keep it Pending: bound by hand, it reaches the node's own admission.
+    second = pods.create(unique("port-b"), wagi_image, port, restartPolicy="Never", nodeName=pods.node.name)
+
+    def failed() -> dict[str, Any] | None:
+        status = pods.get(second).get("status") or {}
+        return status if status.get("phase") == "Failed" else None
+
+    status = wait_for("the second pod to be refused", failed, timeout=30)
+    assert status["reason"] == "NodePorts"
+    assert status["message"] == (
+        "Pod was rejected: Predicate NodePorts failed: "
+        "node(s) didn't have free ports for the requested pod ports"
+    )
+
+
+def test_a_malformed_wagi_annotation_is_a_config_error_naming_it(pods: Pods, wagi_image: str) -> None:
+    name = unique("bad-wagi")
+    manifest = pod_manifest(name, pods.node.name, wagi_image)
+    manifest["metadata"]["annotations"] = {"wasmlet.dev/wagi": '{"nosuch": {}}'}
+    pods.admin.post(f"{pods.path}/pods", manifest)
+    pods.created.append(name)
+    waiting = pods.wait_state(name, "waiting", "CreateContainerConfigError")
+    assert waiting["message"] == "annotation wasmlet.dev/wagi: 'nosuch' is not a container of the pod"
+
+
+def test_routes_keep_the_cluster_ranges_on_the_machine(admin: Client, wasm_node: WasmletNode) -> None:
+    """No packet for a pod or Service address may leave through the uplink: the node's own range is
+    local, every other address of the cluster's ranges goes into wasmlet0."""
+    uplink = interface.route_of("198.51.100.1").split(" dev ")[1].split()[0]  # where the world goes
+    cidr = pod_cidr(admin, wasm_node)
+    unused_here = str(cidr.network_address + cidr.num_addresses - 2)
+    elsewhere = str(
+        next(n for n in ipaddress.IPv4Network(CLUSTER_CIDR).subnets(new_prefix=22) if n != cidr)[5]
+    )
+    cluster_ip = str(ipaddress.IPv4Network(SERVICE_CIDR).network_address + 4242)
+    assert interface.route_of(unused_here).startswith(f"local {unused_here} dev lo")
+    for address in (elsewhere, cluster_ip):
+        route = interface.route_of(address)
+        assert f"dev {interface.BRIDGE}" in route, route
+        assert f"dev {uplink}" not in route and " via " not in route, route
+    for address in (unused_here, elsewhere, cluster_ip):
+        with pytest.raises(OSError):  # refused here, or no route to host: never sent out
+            socket.create_connection((address, 80), timeout=5).close()
