@@ -30,6 +30,7 @@ from wasmlet.pod.collaborators import Admission
 from wasmlet.pod.controller import PodController
 from wasmlet.pod.image import ContainerImages
 from wasmlet.pod.logsource import PodLogSource
+from wasmlet.pod.prober import Prober
 from wasmlet.pod.sources import ApiSources
 from wasmlet.pod.start import ContainerStarter, Limits
 from wasmlet.pod.status import StatusWriter
@@ -147,6 +148,7 @@ def build_pods(
         volumes=volumes,
         network=network or PodNetwork(config.node_ip),
         starter=starter,
+        prober=Prober(events, queue.add),
         status=StatusWriter(client, config.node_ip),
         events=events,
         admission_by=Admission(allocatable, pressure, host_paths),

@@ -4,10 +4,13 @@ routes that keep the cluster's ranges on the machine, and host ports refused as 
 
 from __future__ import annotations
 
+import functools
 import http.client
+import http.server
 import ipaddress
 import json
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -106,9 +109,9 @@ def deployment(admin: Client, wasm_node: WasmletNode, wagi_image: str) -> Iterat
     delete_quietly(admin, f"/api/v1/namespaces/default/services/{name}")
 
 
-def ready_endpoints(admin: Client, service: str) -> list[str]:
+def ready_endpoints(admin: Client, service: str, namespace: str = "default") -> list[str]:
     slices = admin.get(
-        "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
+        f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices",
         {"labelSelector": f"kubernetes.io/service-name={service}"},
     )["items"]
     return sorted(
@@ -253,3 +256,133 @@ def test_routes_keep_the_cluster_ranges_on_the_machine(admin: Client, wasm_node:
     for address in (unused_here, elsewhere, cluster_ip):
         with pytest.raises(OSError):  # refused here, or no route to host: never sent out
             socket.create_connection((address, 80), timeout=5).close()
+
+
+class Health:
+    """An HTTP server on loopback that answers what the test says: what probes call here."""
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.hits = 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.hits += 1
+                self.send_response(outer.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def health() -> Iterator[Health]:
+    server = Health()
+    yield server
+    server.close()
+
+
+def probe_at(port: int, path: str = "/", **timing: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"host": "127.0.0.1", "port": port, "path": path},
+        "periodSeconds": 1,
+        "failureThreshold": 1,
+        **timing,
+    }
+
+
+def handler_pod(pods: Pods, name: str, image: str, **container: Any) -> str:
+    manifest = pod_manifest(name, pods.node.name, image, {"ports": [{"containerPort": 8080}], **container})
+    manifest["metadata"]["annotations"] = wagi_annotation(name.rsplit("-", 1)[0])
+    manifest["spec"]["terminationGracePeriodSeconds"] = 1
+    pods.admin.post(f"{pods.path}/pods", manifest)
+    pods.created.append(name)
+    return name
+
+
+def pod_ready(pods: Pods, name: str) -> bool:
+    conditions = pods.get(name).get("status", {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def test_a_failing_readiness_probe_takes_the_pod_out_of_its_services_endpoints(
+    admin: Client, host_path_pods: Pods, wagi_image: str, health: Health
+) -> None:
+    pods = host_path_pods  # privileged: baseline Pod Security refuses a probe's host (the test's server)
+    name = handler_pod(pods, unique("ready"), wagi_image, readinessProbe=probe_at(health.port))
+    service = name
+    admin.post(
+        f"{pods.path}/services",
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": service},
+            "spec": {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": 8080}]},
+        },
+    )
+    endpoints = functools.partial(ready_endpoints, admin, service, pods.namespace)
+    try:
+        wait_for("the pod Ready", lambda: pod_ready(pods, name), timeout=30)
+        ip = pods.get(name)["status"]["podIP"]
+        wait_for("its endpoint ready", lambda: endpoints() == [ip], timeout=30)
+
+        health.status = 503
+        wait_for("the pod not Ready", lambda: not pod_ready(pods, name), timeout=30)
+        wait_for("its endpoint out", lambda: endpoints() == [], timeout=30)
+        event = pods.wait_event(name, "Unhealthy")
+        assert event["message"] == "Readiness probe failed: HTTP probe failed with statuscode: 503"
+        assert pods.container(name)["restartCount"] == 0  # readiness never restarts
+        assert request(ip, 8080, "GET", "/")[0] == 200  # it still serves; it is only out of the Service
+
+        health.status = 200
+        wait_for("its endpoint back", lambda: endpoints() == [ip], timeout=30)
+    finally:
+        delete_quietly(admin, f"{pods.path}/services/{service}")
+
+
+def test_a_liveness_failure_restarts_the_container(
+    host_path_pods: Pods, wagi_image: str, health: Health
+) -> None:
+    pods = host_path_pods  # privileged: baseline Pod Security refuses a probe's host (the test's server)
+    name = handler_pod(pods, unique("alive"), wagi_image, livenessProbe=probe_at(health.port))
+    pods.wait_state(name, "running")
+    health.status = 500
+    container = name.rsplit("-", 1)[0]
+    pods.wait_event(name, "Killing", f"Container {container} failed liveness probe, will be restarted")
+    pods.wait_event(name, "Unhealthy", "Liveness probe failed: HTTP probe failed with statuscode: 500")
+    health.status = 200
+    restarted = wait_for("a restart", lambda: pods.container(name).get("restartCount", 0) >= 1, timeout=30)
+    assert restarted
+    pods.wait_state(name, "running")
+    ip = pods.get(name)["status"]["podIP"]
+    wait_for("it to serve again", lambda: request(ip, 8080, "GET", "/")[0] == 200, timeout=30)
+
+
+def test_probes_on_the_pods_own_address_gate_ready_and_started(pods: Pods, wagi_image: str) -> None:
+    tcp = {"tcpSocket": {"port": 8080}, "periodSeconds": 1}
+    get = {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1}
+    name = handler_pod(pods, unique("own"), wagi_image, startupProbe=tcp, readinessProbe=get)
+    wait_for("the pod Ready", lambda: pod_ready(pods, name), timeout=30)
+    status = pods.container(name)
+    assert status["started"] is True and status["ready"] is True
+
+
+def test_an_exec_probe_is_refused_naming_it(pods: Pods, wagi_image: str) -> None:
+    name = pods.create(unique("exec-probe"), wagi_image, {"livenessProbe": {"exec": {"command": ["true"]}}})
+    waiting = pods.wait_state(name, "waiting", "CreateContainerConfigError")
+    container = name.rsplit("-", 1)[0]
+    assert waiting["message"] == (
+        f"container {container}: livenessProbe: exec probes run a command in the container, and a "
+        "WebAssembly pod has no process: not supported by wasmlet"
+    )
+    pods.wait_event(name, "Failed", f"Error: {waiting['message']}")

@@ -20,6 +20,7 @@ from wasmlet.pod.admission import Rejection
 from wasmlet.pod.collaborators import Admission
 from wasmlet.pod.controller import PodController
 from wasmlet.pod.image import Pulled
+from wasmlet.pod.prober import Prober
 from wasmlet.pod.run import ContainerRun, PodRun
 from wasmlet.pod.start import ConfigError, Configured
 from wasmlet.pod.status import pod_status
@@ -160,6 +161,7 @@ class Node:
             volumes=self.volumes,
             network=self.network,
             starter=self.starter,
+            prober=Prober(self.events, self.queue.add),
             status=self.status,
             events=self.events,
             admission_by=Admission(

@@ -37,7 +37,9 @@ from wasmlet.pod import admission, lifecycle, stages
 from wasmlet.pod.admission import Rejection
 from wasmlet.pod.collaborators import Admission, Images, Network, Starter, Status, Volumes
 from wasmlet.pod.image import Pulled
-from wasmlet.pod.run import ContainerRun, PodRun, adopted, pod_key, should_restart
+from wasmlet.pod.prober import Health, Prober
+from wasmlet.pod.probes import probes_of
+from wasmlet.pod.run import ContainerRun, PodRun, adopted, pod_key
 from wasmlet.pod.start import ConfigError, ephemeral_refusal, unsupported
 from wasmlet.pod.volumes import host_paths
 from wasmlet.runtime import memory_stats
@@ -57,6 +59,7 @@ class PodController:
         volumes: Volumes,
         network: Network,
         starter: Starter,
+        prober: Prober,
         status: Status,
         events: EventSink,
         admission_by: Admission,
@@ -67,6 +70,7 @@ class PodController:
         self.volumes = volumes
         self.network = network
         self.starter = starter
+        self.prober = prober
         self.status = status
         self.events = events
         self.admission = admission_by
@@ -159,6 +163,7 @@ class PodController:
 
     def shutdown(self, grace: float = 5.0) -> None:
         self.queue.close()
+        self.prober.close()
         self.images.close()
         for run in self.all_runs():
             self._stop_all(run, grace)
@@ -306,8 +311,9 @@ class PodController:
     # -- containers ----------------------------------------------------------------------------
     def _sync_container(self, key: str, run: PodRun, spec: dict[str, Any], crun: ContainerRun) -> None:
         if crun.running:
+            self._kill_unhealthy(run, crun)
             return
-        if crun.exit is not None and not should_restart(run.restart_policy(crun), crun.exit.exit_code):
+        if crun.exit is not None and not run.restarts(crun, crun.exit.exit_code):
             return
         wait = crun.life.not_before - time.monotonic()
         if wait > 0:
@@ -328,6 +334,7 @@ class PodController:
             return
         # Running before the start: the module's exit, however soon, comes after it.
         self._apply(key, run, crun, lifecycle.Started(timestamp()))
+        crun.killed_unhealthy = False
         try:
             crun.execution = self.starter.launch(run, crun, pulled.compiled, ready, self._on_exit(key, crun))
         except BaseException as exc:  # no thread ran it (say, none could be made): it ended at once
@@ -339,6 +346,27 @@ class PodController:
             raise
         self._event(run, "Normal", "Created", f"Created container {crun.name}")
         self._event(run, "Normal", "Started", f"Started container {crun.name}")
+        probes = probes_of(spec)
+        if probes:
+            crun.health = Health(crun.name, probes)
+            self.prober.watch(key, run.pod, crun.health, (run.ips or ("",))[0])
+
+    def _kill_unhealthy(self, run: PodRun, crun: ContainerRun) -> None:
+        """kubelet's computePodActions for a failed liveness or startup probe: kill the container,
+        to be restarted unless the pod's policy is Never."""
+        health = crun.health
+        if health is None or health.failed is None or crun.killed_unhealthy or not crun.running:
+            return
+        crun.killed_unhealthy = True
+        message = health.kill_message()
+        if run.restart_policy(crun) != "Never":
+            message += ", will be restarted"
+        self._event(run, "Normal", "Killing", message)
+        grace = health.failed.grace
+        if grace is None:
+            grace = float(run.pod["spec"].get("terminationGracePeriodSeconds", 30))
+        if crun.execution is not None:
+            crun.execution.stop(grace)
 
     def _module(self, key: str, run: PodRun, crun: ContainerRun, spec: dict[str, Any]) -> Pulled | None:
         """The container's module; None while it is pulled, or after a failure applied here."""
@@ -369,14 +397,15 @@ class PodController:
         for crun in run.all_containers():
             status, crun.ended = crun.ended, None
             if status is not None:
+                if crun.health is not None:
+                    crun.health.stopped = True  # probes of that run stop
                 self._apply(key, run, crun, self._exit_event(run, crun, status))
 
     def _exit_event(self, run: PodRun, crun: ContainerRun, status: ExitStatus) -> lifecycle.Exited:
         return lifecycle.Exited(
             lifecycle.ended(status, f"wasmlet://{run.uid}/{crun.name}"),
             ran_for=(status.finished_at - status.started_at).total_seconds(),
-            restart=stages.runs_containers(run.stage)
-            and should_restart(run.restart_policy(crun), status.exit_code),
+            restart=stages.runs_containers(run.stage) and run.restarts(crun, status.exit_code),
             pod=run.described,
             container_name=crun.name,
         )

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 from wasmlet.kube.client import timestamp
 from wasmlet.logs.writer import ContainerLogWriter
 from wasmlet.pod import lifecycle, stages
+from wasmlet.pod.prober import Health
 from wasmlet.runtime.engine import ExitStatus
 
 
@@ -37,6 +38,8 @@ class ContainerRun:
     writer: ContainerLogWriter | None = None
     image_id: str = ""
     init: bool = False  # an init container: runs to completion before the containers start
+    health: Health | None = None  # what its probes say of its current run
+    killed_unhealthy: bool = False  # its current run is being killed for a failed probe
 
     @property
     def running(self) -> bool:
@@ -80,6 +83,13 @@ class PodRun:
         """The pod's policy; init containers of an Always pod restart only on failure (kubelet)."""
         policy = str(self.pod["spec"].get("restartPolicy", "Always"))
         return "OnFailure" if crun.init and policy == "Always" else policy
+
+    def restarts(self, crun: ContainerRun, exit_code: int) -> bool:
+        """Whether a run of ``crun`` that ended with ``exit_code`` is followed by another: by the
+        policy, or, killed for a failed probe, unless the policy is Never (kubelet's
+        shouldRestartOnFailure)."""
+        policy = self.restart_policy(crun)
+        return should_restart(policy, exit_code) or (crun.killed_unhealthy and policy != "Never")
 
 
 def should_restart(policy: str, exit_code: int) -> bool:

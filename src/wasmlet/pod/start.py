@@ -20,6 +20,7 @@ from wasmlet.logs.rotation import LogRotation
 from wasmlet.logs.writer import ContainerLogWriter
 from wasmlet.pod import env as pod_env
 from wasmlet.pod.env_error import EnvError
+from wasmlet.pod.probes import ProbeError, probes_of
 from wasmlet.pod.run import ContainerRun, PodRun, RunningModule
 from wasmlet.pod.volumes.mounts import Preopen, close_preopens
 from wasmlet.pod.volumes.spec import VolumeError
@@ -28,11 +29,7 @@ from wasmlet.serve import cgi
 from wasmlet.serve.wagi import DEFAULT_PORT, WagiServing
 
 # Container fields a WebAssembly module cannot honour, each refused with the reason.
-_PROBES = "probes exec a command or call the container over the network; WASI modules have neither"
 UNSUPPORTED_CONTAINER_FIELDS = {
-    "livenessProbe": _PROBES,
-    "readinessProbe": _PROBES,
-    "startupProbe": _PROBES,
     "lifecycle": "lifecycle hooks exec a command or call the container over the network",
     "stdin": "a module reads an empty stdin and attach is not served",
     "tty": "a module has no terminal",
@@ -58,6 +55,10 @@ def unsupported(spec: Mapping[str, Any]) -> str:
     for field_name, reason in UNSUPPORTED_CONTAINER_FIELDS.items():
         if spec.get(field_name):
             return f"{field_name} is not supported by wasmlet: {reason} (container {spec['name']})"
+    try:
+        probes_of(spec)
+    except ProbeError as exc:
+        return f"{exc}: not supported by wasmlet"
     return ""
 
 
