@@ -99,7 +99,7 @@ def run(ctx: Context) -> Outcome:
     }
     out.add(
         Figure(
-            "9a",
+            "10a",
             "make up, binaries cached (after make down: state kept, everything stopped)",
             round(first, 1),
             "s",
@@ -110,7 +110,7 @@ def run(ctx: Context) -> Outcome:
     )
     out.add(
         Figure(
-            "9b",
+            "10b",
             "make up again (idempotent rerun)",
             round(second, 1),
             "s",

@@ -25,7 +25,8 @@ TITLES = {
     "compute": "6. CPU-bound module: wasmlet vs bare wasmtime-py",
     "logs": "7. Logs: follow latency and the cost of logging",
     "cold_start": "8. Cold pull + compile + start vs warm start",
-    "make_up": "9. make up",
+    "serving": "9. Pods that serve: a WAGI handler under load, created → first 200, idle memory",
+    "make_up": "10. make up",
 }
 
 
@@ -391,6 +392,30 @@ def _make_up(result: dict[str, Any]) -> list[str]:
     ]
 
 
+def _serving(result: dict[str, Any]) -> list[str]:
+    d = result["data"]
+    wagi = d["wagi_hello"]
+    return [
+        *_table(
+            ("measure", "value"),
+            [
+                ("requests/s (fresh instance each)", wagi["requests_per_s"]),
+                (
+                    "latency p50 / p99 (ms)",
+                    f"{wagi['latency_ms'].get('p50')} / {wagi['latency_ms'].get('p99')}",
+                ),
+                ("keep-alive clients, errors", f"{wagi['clients']}, {wagi['errors']}"),
+                (
+                    "created → first 200 p50 / p99 (ms)",
+                    f"{d['create_to_first_200_ms'].get('p50')} / {d['create_to_first_200_ms'].get('p99')}",
+                ),
+                ("node RSS per idle handler (KiB)", round(d["idle_handler_rss_bytes"] / 1024, 1)),
+            ],
+        ),
+        "",
+    ]
+
+
 SECTIONS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "runtime_start": _runtime_start,
     "pods_scale": _pods_scale,
@@ -398,6 +423,7 @@ SECTIONS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "compute": _compute,
     "logs": _logs,
     "cold_start": _cold_start,
+    "serving": _serving,
     "make_up": _make_up,
 }
 

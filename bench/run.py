@@ -38,6 +38,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "cold_start": ("bench.cold_start", "cluster"),
     "pod_latency": ("bench.pod_latency", "cluster"),
     "pods_scale": ("bench.pods_scale", "cluster"),
+    "serving": ("bench.serving", "cluster"),
     "make_up": ("bench.make_up", "make"),
 }
 DOCS = common.ROOT / "docs" / "performance.md"

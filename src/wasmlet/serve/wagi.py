@@ -59,11 +59,14 @@ class _Deadlines:
 
     def add(self, execution: Execution, seconds: float) -> None:
         with self._wake:
-            heapq.heappush(self._heap, (time.monotonic() + seconds, next(self._order), execution))
+            entry = (time.monotonic() + seconds, next(self._order), execution)
+            earliest = not self._heap or entry < self._heap[0]
+            heapq.heappush(self._heap, entry)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="wagi-deadlines", daemon=True)
                 self._thread.start()
-            self._wake.notify()
+            if earliest:  # otherwise the thread wakes before this deadline anyway: no switch per request
+                self._wake.notify()
 
     def _run(self) -> None:
         with self._wake:
