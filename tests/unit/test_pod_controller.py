@@ -428,3 +428,47 @@ def test_a_new_pod_of_the_same_name_replaces_the_old_one(node: Node) -> None:
     run = node.run(newer)
     assert old.stops == [0.0]
     assert run.uid == "u2" and node.starter.started["c0"] is not old
+
+
+@pytest.mark.parametrize(("policy", "restarts"), [("OnFailure", True), ("Always", True), ("Never", False)])
+def test_a_failed_liveness_probe_kills_the_container_and_restarts_it_unless_never(
+    node: Node, policy: str, restarts: bool
+) -> None:
+    pod = make_pod("r/a:v1", policy=policy, terminationGracePeriodSeconds=7)
+    pod["spec"]["containers"][0]["livenessProbe"] = {"tcpSocket": {"port": 8080}, "initialDelaySeconds": 3600}
+    run = node.run(pod)
+    crun = run.containers["c0"]
+    assert crun.health is not None and crun.health.started and crun.health.ready
+    killed = crun.health
+    killed.failed = killed.trackers["Liveness"].probe  # what the prober hands over
+    node.controller.sync(KEY)
+    module = node.starter.started["c0"]
+    assert module.stops == [7.0]  # the pod's grace period (the probe sets none)
+    suffix = ", will be restarted" if restarts else ""
+    assert node.events.recorded[-1] == ("Normal", "Killing", f"Container c0 failed liveness probe{suffix}")
+    node.controller.sync(KEY)
+    assert module.stops == [7.0]  # killed once
+    module.end(0)  # a handler that stops cleanly: exit 0, which OnFailure alone would not restart
+    node.controller.sync(KEY)
+    assert killed.stopped  # its probes stop with the run
+    assert node.starter.order == (["c0", "c0"] if restarts else ["c0"])
+    assert crun.life.restart_count == (1 if restarts else 0)
+    if restarts:
+        assert not crun.killed_unhealthy and crun.health is not killed and not crun.health.stopped
+
+
+def test_a_container_is_not_ready_until_its_readiness_probe_succeeds(node: Node) -> None:
+    pod = make_pod("r/a:v1")
+    pod["spec"]["containers"][0]["readinessProbe"] = {"httpGet": {"port": 8080}, "initialDelaySeconds": 3600}
+    run = node.run(pod)
+    status = node.status.written[-1]
+    assert status["phase"] == "Running"
+    assert status["containerStatuses"][0]["ready"] is False
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "False"
+    health = run.containers["c0"].health
+    assert health is not None
+    health.trackers["Readiness"].record(True)
+    node.controller.sync(KEY)
+    status = node.status.written[-1]
+    assert status["containerStatuses"][0]["ready"] is True
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "True"
