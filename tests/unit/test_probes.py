@@ -118,7 +118,7 @@ def wait(condition: Any, timeout: float = 5.0) -> None:
 
 
 def test_the_prober_turns_failures_into_a_kill_and_an_event_each() -> None:
-    events, queued = Events(), []
+    events, queued = Events(), list[str]()
     answers = iter([True, False, False, False])
     prober = Prober(events, queued.append, run_check=lambda _probe, _address: (next(answers, False), "boom"))
     health = Health("web", [probe("Liveness", failure=3)])
@@ -135,7 +135,7 @@ def test_the_prober_turns_failures_into_a_kill_and_an_event_each() -> None:
 
 
 def test_the_prober_waits_for_startup_and_stops_with_the_run() -> None:
-    events, queued = Events(), []
+    events, queued = Events(), list[str]()
     calls: list[str] = []
     started = threading.Event()
 
