@@ -105,3 +105,43 @@ def test_a_pod_with_no_memory_limit_gets_the_nodes_default_and_files_are_capped(
         load(["--max-open-files-per-container", "3"], tmp=tmp_path)
     with pytest.raises(config.ConfigError, match="--default-memory-limit: 'lots' is not a quantity"):
         load(["--default-memory-limit", "lots"], tmp=tmp_path)
+
+
+def test_cluster_and_service_ranges_are_lists_of_cidrs(tmp_path: Path) -> None:
+    defaults = load(["--node-ip", "127.0.0.2"], tmp=tmp_path)
+    assert (defaults.cluster_cidrs, defaults.service_cidrs) == ((), ())
+    cfg = load(
+        ["--node-ip", "127.0.0.2", "--cluster-cidr", "10.245.0.0/16, 10.244.0.0/16,,fd00:10:244::/56"],
+        {"WASMLET_SERVICE_CIDR": "10.96.0.0/12"},
+        tmp_path,
+    )
+    assert cfg.cluster_cidrs == ("10.244.0.0/16", "10.245.0.0/16", "fd00:10:244::/56")
+    assert cfg.service_cidrs == ("10.96.0.0/12",)
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text(
+        "cluster-cidr: [10.244.0.0/16]\nservice-cidr: [10.96.0.0/12, 'fd00:10:96:0::/112']\n"
+    )
+    from_file = load(["--node-ip", "127.0.0.2"], tmp=tmp_path)
+    assert from_file.cluster_cidrs == ("10.244.0.0/16",)
+    assert from_file.service_cidrs == ("10.96.0.0/12", "fd00:10:96::/112")
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--cluster-cidr", "10.244.0.1/16", "--cluster-cidr: '10.244.0.1/16' is not a CIDR range: "),
+        ("--cluster-cidr", "10.244.0.0/16,pods", "--cluster-cidr: 'pods' is not a CIDR range: "),
+        ("--service-cidr", "10.96.0.0/33", "--service-cidr: '10.96.0.0/33' is not a CIDR range: "),
+        (
+            "--cluster-cidr",
+            "0.0.0.0/0",
+            "--cluster-cidr: 0.0.0.0/0 covers every address, the default route too",
+        ),
+        ("--service-cidr", "10.96.0.0/12,::/0", "--service-cidr: ::/0 covers every address"),
+    ],
+)
+def test_bad_cluster_and_service_ranges_name_the_flag(
+    tmp_path: Path, flag: str, value: str, message: str
+) -> None:
+    with pytest.raises(config.ConfigError, match="^" + re.escape(message)):
+        load(["--node-ip", "127.0.0.2", flag, value], tmp=tmp_path)

@@ -72,8 +72,9 @@ class RunSpec:
     cpu_limit: float | None = None  # cores (limits.cpu); None: not throttled
     name: str = ""  # e.g. "default/simpleserver/main", for the thread name and log records
     stdin: bytes = b""  # what the module reads on fd 0 (a WAGI request's body)
-    # Call stdout and stderr on the module's own thread as it writes, with no pipes: for short runs
-    # (a WAGI request) whose caller needs the whole output when Runtime.call returns.
+    # Call stdout and stderr as the module writes, in order, with no pipes (wasmtime calls them from
+    # a thread of its own): for short runs (a WAGI request) whose caller needs the whole output
+    # when Runtime.call returns.
     inline_output: bool = False
 
 

@@ -23,7 +23,16 @@ KRUSTLET_DEFAULT_HOST = "alpha.wagi.krustlet.dev/default-host"  # host:port; was
 WILDCARD = "/..."
 SERVER_SOFTWARE = "WAGI/1 (wasmlet)"
 # CGI (RFC 3875 4.1.18) passes no credentials to scripts, and hop-by-hop headers are the server's.
-_NOT_PASSED = {"authorization", "proxy-authorization", "connection", "content-length", "content-type"}
+# A client's "Proxy" header would become HTTP_PROXY, which HTTP libraries take as their proxy
+# (httpoxy, CVE-2016-5385): dropped, as CGI servers have done since.
+_NOT_PASSED = {
+    "authorization",
+    "proxy-authorization",
+    "connection",
+    "content-length",
+    "content-type",
+    "proxy",
+}
 
 
 class WagiError(Exception):
@@ -122,7 +131,7 @@ def response(stdout: bytes) -> Response:
         name, value = name.strip(), value.strip()
         if name.lower() == "status":
             code = value.split(" ", 1)[0]
-            if not code.isdigit() or not 100 <= int(code) <= 599:
+            if not (code.isascii() and code.isdigit()) or not 100 <= int(code) <= 599:
                 return _broken(f"Status {value[:40]!r} is not an HTTP status")
             status = int(code)
         else:
@@ -136,11 +145,12 @@ def response(stdout: bytes) -> Response:
 
 
 def _split(stdout: bytes) -> tuple[str, bytes]:
-    for separator in (b"\r\n\r\n", b"\n\n"):
-        head, found, body = stdout.partition(separator)
-        if found:
-            return head.decode("latin-1"), body
-    return stdout.decode("latin-1"), b""
+    """Head and body at the first blank line, CRLF or LF (a body may hold the other kind)."""
+    found = [(at, len(sep)) for sep in (b"\r\n\r\n", b"\n\n") if (at := stdout.find(sep)) >= 0]
+    if not found:
+        return stdout.decode("latin-1"), b""
+    at, size = min(found)
+    return stdout[:at].decode("latin-1"), stdout[at + size :]
 
 
 def _broken(why: str) -> Response:

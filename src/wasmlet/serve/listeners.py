@@ -65,6 +65,8 @@ class Listener:
         self._limits = limits
         self._server: asyncio.AbstractServer | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._busy: set[asyncio.StreamWriter] = set()  # handling a request: closed once answered
+        self._closing = False
         self._in_flight = asyncio.Semaphore(limits.max_in_flight)  # bound to the loop at first use
 
     async def _start(self) -> None:
@@ -75,13 +77,19 @@ class Listener:
         self._servers.run(self._close())
 
     async def _close(self) -> None:
-        if self._server is not None:
+        self._closing = True
+        if self._server is not None and self._server.is_serving():
+            # Accept no more, then let connections already accepted get their transports: one
+            # accepted but not yet attached when the server closes is dropped by asyncio unclosed
+            # (it hangs its client until the garbage collector gets to it).
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            await asyncio.sleep(0)
             self._server.close()
-        for writer in list(self._writers):
+        for writer in list(self._writers - self._busy):
             writer.close()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self._writers) >= self._limits.max_connections:
+        if self._closing or len(self._writers) >= self._limits.max_connections:
             writer.close()
             return
         self._writers.add(writer)
@@ -100,10 +108,11 @@ class Listener:
         client = writer.get_extra_info("peername")[:2]
         while True:
             try:
-                head = await self._next(conn, reader, self._limits.idle_timeout)
+                deadline = await self._request_begun(conn, reader)
+                head = await self._next(conn, reader, deadline)
                 if not isinstance(head, h11.Request):
                     return  # closed, or a connection that never sent a request
-                body = await asyncio.wait_for(self._body(conn, reader), self._limits.request_timeout)
+                body = await self._body(conn, reader, deadline)
             except h11.RemoteProtocolError as exc:
                 await self._send(conn, writer, Response(exc.error_status_hint, body=b"bad request\n"))
                 return
@@ -118,12 +127,16 @@ class Listener:
                 client,
                 self.address,
             )
-            async with self._in_flight:
-                response = await asyncio.get_running_loop().run_in_executor(
-                    self._servers.pool, self._handle, request
-                )
-            await self._send(conn, writer, response, head_only=request.method == "HEAD")
-            if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+            self._busy.add(writer)
+            try:
+                async with self._in_flight:
+                    response = await asyncio.get_running_loop().run_in_executor(
+                        self._servers.pool, self._handle, request
+                    )
+                await self._send(conn, writer, response, head_only=request.method == "HEAD")
+            finally:
+                self._busy.discard(writer)
+            if self._closing or conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                 return
             conn.start_next_cycle()
 
@@ -134,18 +147,32 @@ class Listener:
             log.exception("listener %s:%d: handler failed", *self.address)
             return Response(500, body=b"internal error\n")
 
-    async def _next(self, conn: h11.Connection, reader: asyncio.StreamReader, timeout: float) -> object:
+    async def _request_begun(self, conn: h11.Connection, reader: asyncio.StreamReader) -> float:
+        """Wait up to ``idle_timeout`` for the next request's first bytes; then the whole request
+        must arrive by the deadline returned (``request_timeout``), however slowly it trickles."""
+        received, closed = conn.trailing_data  # pipelined behind the last request
+        if not received and not closed:
+            conn.receive_data(await asyncio.wait_for(reader.read(65536), self._limits.idle_timeout))
+        return asyncio.get_running_loop().time() + self._limits.request_timeout
+
+    async def _next(self, conn: h11.Connection, reader: asyncio.StreamReader, deadline: float) -> object:
+        # One wait_for per read, never one around this loop: on Python 3.11 an outer wait_for's
+        # cancellation is lost when it lands as an inner read completes, and the loop goes on.
         while True:
             event = conn.next_event()
             if event is not h11.NEED_DATA:
                 return event
-            data = await asyncio.wait_for(reader.read(65536), timeout)
-            conn.receive_data(data)
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise TimeoutError
+            conn.receive_data(await asyncio.wait_for(reader.read(65536), left))
 
-    async def _body(self, conn: h11.Connection, reader: asyncio.StreamReader) -> bytes | None:
+    async def _body(
+        self, conn: h11.Connection, reader: asyncio.StreamReader, deadline: float
+    ) -> bytes | None:
         body = bytearray()
         while True:
-            event = await self._next(conn, reader, self._limits.request_timeout)
+            event = await self._next(conn, reader, deadline)
             if isinstance(event, h11.Data):
                 body += event.data
                 if len(body) > self._limits.max_body_bytes:
@@ -158,7 +185,7 @@ class Listener:
     async def _send(
         self, conn: h11.Connection, writer: asyncio.StreamWriter, response: Response, head_only: bool = False
     ) -> None:
-        if conn.our_state is not h11.SEND_RESPONSE:
+        if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):  # IDLE: a request too bad to parse
             return
         headers = [
             (k, v) for k, v in response.headers if k.lower() not in {"content-length", "transfer-encoding"}

@@ -135,6 +135,8 @@ class WagiContainer:
             try:
                 self._listeners.append(self._serving.servers.listen(host, port, self.handle, options.limits))
             except OSError as exc:
+                with self._lock:
+                    self._stopping = True  # ended here: a stop() later must not end it again
                 self._end(
                     ExitStatus(
                         1,
@@ -192,9 +194,11 @@ class WagiContainer:
             return Response(404, [("content-type", "text/plain")], b"not found\n")
         options = self._serving.options
         out = bytearray()
+        over: list[int] = []  # once a write is refused, every later one is: no response with a hole
 
         def stdout(data: bytes) -> None:
-            if len(out) + len(data) > options.max_response_bytes:
+            if over or len(out) + len(data) > options.max_response_bytes:
+                over.append(len(data))
                 raise OSError("response too large")  # the module's write fails (EIO)
             out.extend(data)
 
@@ -220,6 +224,16 @@ class WagiContainer:
                 self._in_flight.difference_update(started)
         if status.reason == "Killed":
             return Response(504, [("content-type", "text/plain")], b"the handler ran out of time\n")
+        if over:  # never serve what fit (a cut body), even if the module went on as if written
+            limit = options.max_response_bytes
+            self._template.stderr(
+                f"wasmlet: request {request.method} {path}: the response is over {limit} bytes\n".encode()
+            )
+            return Response(
+                500,
+                [("content-type", "text/plain")],
+                f"the handler's response is over {limit} bytes\n".encode(),
+            )
         if status.exit_code != 0:
             self._template.stderr(
                 f"wasmlet: request {request.method} {path}: {status.reason} {status.message}\n".encode()
