@@ -5,7 +5,8 @@ with a TokenReview), and are authorized with a SubjectAccessReview on ``nodes/<s
 as the kubelet does (pkg/kubelet/server/auth.go): anonymous → 401, not allowed → 403.
 Decisions are cached (authn 2 min, allow 5 min, deny 30 s), like virtual-kubelet's.
 Connections are capped and timed out until a request is authorized (:mod:`wasmlet.node.connections`);
-a connection that fails or times out is closed with one log line.
+a connection that fails or times out is closed with one log line. ``/portForward`` is upgraded to
+SPDY and served by :mod:`wasmlet.node.port_forward`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any, Protocol
 from wasmlet.kube.client import ApiError, Client
 from wasmlet.logs.options import LogOptions
 from wasmlet.logs.reader import read_logs
+from wasmlet.node import port_forward
 from wasmlet.node.connections import ConnectionLimits, Connections
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,7 @@ log = logging.getLogger(__name__)
 AUTHN_TTL = 120.0
 ALLOW_TTL = 300.0
 DENY_TTL = 30.0
-UNSUPPORTED = ("exec", "attach", "portForward", "run", "cri")
+UNSUPPORTED = ("exec", "attach", "run", "cri")
 TLS_ALERT = b"\x15"  # the content type of a TLS record that ends a connection (close_notify, errors)
 VERBS = {"GET": "get", "HEAD": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
@@ -221,6 +223,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._reply(200, "ok")
         elif head == "containerLogs" and len(parts) == 4:
             self._container_logs(parts[1], parts[2], parts[3], url.query)
+        elif head == "portForward" and len(parts) in (3, 4):
+            self._port_forward(parts[1], parts[2], parts[3] if len(parts) == 4 else "")
         elif head == "pods" and len(parts) == 1:
             body = json.dumps({"kind": "PodList", "apiVersion": "v1", "items": self.server.source.pods()})
             self._reply(200, body, "application/json")
@@ -228,6 +232,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._reply(501, f"{head} is not supported by wasmlet: wasm modules run in-process on wasmtime")
         else:
             self._reply(404, f"404 page not found: {url.path}")
+
+    def _port_forward(self, namespace: str, pod: str, uid: str) -> None:
+        source = self.server.source
+        if not isinstance(source, port_forward.PodIPs):
+            self._reply(501, "portForward is not supported by this node's pod source")
+            return
+        if port_forward.serve(self, source, namespace, pod, uid, stopping=self.server.stopping):
+            self.close_connection = True  # upgraded: not HTTP any more
 
     def _client_gone(self) -> bool:
         """Whether the client of a streamed answer hung up (TCP FIN, or a TLS alert such as close_notify):

@@ -52,3 +52,8 @@ class PodLogSource:
 
     def pods(self) -> list[dict[str, Any]]:
         return [run.pod for run in self.runs()]
+
+    def pod_ip(self, namespace: str, pod: str) -> tuple[str, str] | None:
+        """The uid and IP ("" before it has one) of a pod this node runs, for port-forward."""
+        run = self.find(f"{namespace}/{pod}")
+        return None if run is None else (run.uid, run.ips[0] if run.ips else "")
