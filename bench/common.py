@@ -473,6 +473,11 @@ class Cluster:
 
 BENCH_CONTROL_PLANE_VARS: dict[str, Any] = {
     "control_plane_cluster_name": "wasmlet-bench",
+    # Pod and Service ranges of its own (the main cluster's pods may listen at the same ports),
+    # and no kube-proxy: one per host, the main cluster's.
+    "control_plane_cluster_cidr": "10.248.0.0/16",
+    "control_plane_service_cidr": "10.114.0.0/16",
+    "control_plane_kube_proxy": False,
     "control_plane_service_manager": "supervise",
     # Ports no test or molecule scenario uses (molecule default has 26443/2238x/3025x).
     "control_plane_apiserver_port": 36443,

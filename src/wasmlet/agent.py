@@ -170,6 +170,7 @@ class Agent:
         self.clients: list[Client] = []
         self.events: EventRecorder | None = None
         self.servers: HttpServers | None = None
+        self.network: PodNetwork | None = None
 
     def _spawn(self, name: str, target: Any, *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -194,7 +195,7 @@ class Agent:
         self.clients.append(pod_client)
         self.events = events = event_recorder(config, pod_client)
         pressure = eviction.Pressure()
-        network = PodNetwork(config.node_ip, (*config.cluster_cidrs, *config.service_cidrs))
+        self.network = network = PodNetwork(config.node_ip, (*config.cluster_cidrs, *config.service_cidrs))
         network.start()  # the cluster's ranges stay on this machine before any pod runs
         node = NodeAgent(config, client, pressure, events, on_pod_cidr=network.use_pod_cidr)
         node.register()
@@ -276,6 +277,8 @@ class Agent:
             self.pods.controller.shutdown()
         if self.servers is not None:
             self.servers.close()
+        if self.network is not None:
+            self.network.stop()
         if self.events is not None:
             self.events.flush(2.0)
             self.events.close()

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 K8S_VERSION = "v1.36.3"
 ETCD_VERSION = "v3.6.16"
-KUBE_BINARIES = ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"]
+KUBE_BINARIES = ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kube-proxy"]
 
 
 def _release_tree(root: Path) -> None:

@@ -37,6 +37,9 @@ class FakeHost:
     def make_local(self, cidr: str) -> None:
         self._record("make_local", cidr)
 
+    def unmake_local(self, cidr: str) -> None:
+        self._record("unmake_local", cidr)
+
 
 def pod(uid: str, host: bool = False, pod_ip: str = "") -> dict[str, Any]:
     return {
@@ -152,3 +155,18 @@ def test_a_pod_cidr_that_cannot_hold_pods_leaves_them_on_the_node_ip_without_tou
     assert network.pod_cidr == ""
     assert network.ips(pod("a")) == (NODE_IP,)
     assert any(cidr in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+
+
+def test_stop_makes_the_range_no_longer_local_and_a_failure_is_only_logged() -> None:
+    host = FakeHost()
+    network = PodNetwork(NODE_IP, GUARDED, host)
+    network.stop()  # no range yet: nothing to undo
+    assert host.calls == []
+    network.use_pod_cidr("10.244.8.0/22")
+    network.stop()
+    assert host.calls[-1] == ("unmake_local", "10.244.8.0/22")
+    failing = FakeHost(fail="unmake_local")
+    other = PodNetwork(NODE_IP, GUARDED, failing)
+    other.use_pod_cidr("10.244.12.0/22")
+    other.stop()  # logged, not raised: the node stops anyway
+    assert failing.calls[-1] == ("unmake_local", "10.244.12.0/22")

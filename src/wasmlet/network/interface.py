@@ -61,6 +61,15 @@ def make_local(cidr: str) -> None:
     _ip("route", "replace", "local", str(ipaddress.ip_network(cidr)), "dev", BRIDGE, "table", "local")
 
 
+def unmake_local(cidr: str) -> None:
+    """Undo :func:`make_local` (gone already: nothing to do)."""
+    try:
+        _ip("route", "del", "local", str(ipaddress.ip_network(cidr)), "dev", BRIDGE, "table", "local")
+    except InterfaceError as exc:
+        if "No such process" not in str(exc) and "Cannot find device" not in str(exc):
+            raise
+
+
 def route_of(address: str) -> str:
     """What ``ip route get`` says of ``address``: the route a packet to it takes (for checks)."""
     return _ip("route", "get", address).splitlines()[0].strip()

@@ -28,11 +28,14 @@ class Interface(Protocol):
 
     def make_local(self, cidr: str) -> None: ...
 
+    def unmake_local(self, cidr: str) -> None: ...
+
 
 class _Host:
     ensure_bridge = staticmethod(interface.ensure_bridge)
     keep_on_machine = staticmethod(interface.keep_on_machine)
     make_local = staticmethod(interface.make_local)
+    unmake_local = staticmethod(interface.unmake_local)
 
 
 def host_network(pod: Mapping[str, Any]) -> bool:
@@ -76,6 +79,17 @@ class PodNetwork:
         log.info(
             "pod IPs come from podCIDR %s (%d addresses, local on %s)", cidr, addresses.size, interface.BRIDGE
         )
+
+    def stop(self) -> None:
+        """The node stops: its range is no longer local (the cluster's ranges stay routed into
+        the bridge, which other nodes on this host may share)."""
+        addresses = self._addresses
+        if addresses is None:
+            return
+        try:
+            self._host.unmake_local(addresses.cidr)
+        except Exception as exc:  # stopping anyway: say so
+            log.warning("podCIDR %s stays local on %s: %s", addresses.cidr, interface.BRIDGE, exc)
 
     def ips(self, pod: Mapping[str, Any]) -> tuple[str, ...]:
         """The pod's IPs: its own address, or the node's IP (AddressError when the range is full)."""

@@ -1,0 +1,183 @@
+"""Services against a real node: the control plane's kube-proxy (iptables mode) turns a ClusterIP
+into the pod IPs of its EndpointSlice, so a Service of WAGI pods answers on its ClusterIP from the
+host, spread over its pods; with no endpoints left it refuses, and no packet for it ever takes the
+uplink."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import SEED_TOLERATIONS, Registry, delete_quietly, push_wat, unique, wait_for
+from wasmlet_proc import WasmletNode
+
+from wasmlet.kube.client import Client
+
+pytestmark = pytest.mark.integration
+
+APPS = "/apis/apps/v1/namespaces/default"
+CORE = "/api/v1/namespaces/default"
+BRIDGE = "wasmlet0"
+REPLICAS = 2
+
+
+def request(ip: str, port: int, path: str = "/") -> tuple[int, str]:
+    """One GET on a connection of its own (kube-proxy picks an endpoint per connection)."""
+    conn = http.client.HTTPConnection(ip, port, timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
+
+
+def cgi_variables(text: str) -> dict[str, str]:
+    head = text.partition("body=")[0]
+    return dict(line.split("=", 1) for line in head.splitlines() if "=" in line)
+
+
+def ready_endpoints(admin: Client, service: str) -> list[str]:
+    slices = admin.get(
+        "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
+        {"labelSelector": f"kubernetes.io/service-name={service}"},
+    )["items"]
+    return sorted(
+        address
+        for found in slices
+        for endpoint in found.get("endpoints") or []
+        if (endpoint.get("conditions") or {}).get("ready")
+        for address in endpoint["addresses"]
+    )
+
+
+def running_pod_ips(admin: Client, app: str) -> list[str]:
+    items = admin.get(f"{CORE}/pods", {"labelSelector": f"app={app}"})["items"]
+    return sorted(
+        p["status"]["podIP"]
+        for p in items
+        if p.get("status", {}).get("phase") == "Running"
+        and not p["metadata"].get("deletionTimestamp")
+        and p["status"].get("podIP")
+    )
+
+
+def route(address: str) -> str:
+    """What `ip route get` says (a lookup: nothing is sent)."""
+    done = subprocess.run(["ip", "route", "get", address], capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def device(route_line: str) -> str:
+    words = route_line.split()
+    return words[words.index("dev") + 1]
+
+
+def answers(ip: str, port: int) -> bool:
+    """Whether something accepts a connection within 5 s; refused and timed out are both 'no'."""
+    try:
+        socket.create_connection((ip, port), timeout=5).close()
+    except (ConnectionRefusedError, TimeoutError):
+        return False
+    return True
+
+
+@pytest.fixture
+def service(admin: Client, wasm_node: WasmletNode, registry: Registry, tmp_path: Path) -> Iterator[str]:
+    """A Deployment of 2 WAGI replicas on the session node and a ClusterIP Service (80 -> 8080)."""
+    image = push_wat(registry, "wagi_env", tmp_path)
+    name = unique("svc-http")
+    labels = {"app": name}
+    admin.post(
+        f"{APPS}/deployments",
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": REPLICAS,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {
+                        "labels": labels,
+                        "annotations": {"wasmlet.dev/wagi": json.dumps({"web": {"route": "/..."}})},
+                    },
+                    "spec": {
+                        "nodeSelector": {"kubernetes.io/hostname": wasm_node.name},
+                        "tolerations": SEED_TOLERATIONS,
+                        "terminationGracePeriodSeconds": 2,
+                        "containers": [{"name": "web", "image": image, "ports": [{"containerPort": 8080}]}],
+                    },
+                },
+            },
+        },
+    )
+    admin.post(
+        f"{CORE}/services",
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name},
+            "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 8080}]},
+        },
+    )
+    yield name
+    delete_quietly(admin, f"{APPS}/deployments/{name}")
+    delete_quietly(admin, f"{CORE}/services/{name}")
+
+
+def test_a_cluster_ip_answers_from_the_host_spread_over_its_pods_and_refuses_without_them(
+    admin: Client, service: str
+) -> None:
+    def all_ready() -> list[str] | None:
+        ips = running_pod_ips(admin, service)
+        return ips if len(ips) == REPLICAS and ready_endpoints(admin, service) == ips else None
+
+    pod_ips = wait_for(f"{REPLICAS} replicas Running and ready in the EndpointSlice", all_ready, timeout=60)
+    cluster_ip = admin.get(f"{CORE}/services/{service}")["spec"]["clusterIP"]
+
+    # The ClusterIP is routed into the node-local bridge, never towards the uplink.
+    uplink = device(route("198.51.100.1"))  # where the rest of the world goes
+    assert uplink != BRIDGE
+    found = route(cluster_ip)
+    assert device(found) == BRIDGE, found
+    assert f"dev {uplink}" not in found and " via " not in found, found
+
+    # kube-proxy programs the Service within its sync period.
+    def first_answer() -> tuple[int, str] | None:
+        try:
+            return request(cluster_ip, 80, "/hello")
+        except OSError:
+            return None
+
+    status, text = wait_for(f"ClusterIP {cluster_ip}:80 to answer", first_answer, timeout=60, interval=0.5)
+    assert status == 200, text
+    cgi = cgi_variables(text)
+    assert cgi["SERVER_NAME"] in pod_ips and cgi["SERVER_PORT"] == "8080", cgi
+    assert cgi["PATH_INFO"] == "/hello", cgi
+
+    # Each connection goes to an endpoint picked at random: both pods answer sooner or later.
+    served: dict[str, int] = {}
+    for _attempt in range(100):
+        status, text = request(cluster_ip, 80)
+        assert status == 200, text
+        server = cgi_variables(text)["SERVER_NAME"]
+        served[server] = served.get(server, 0) + 1
+        if set(served) == set(pod_ips) and min(served.values()) >= 3:
+            break
+    assert set(served) == set(pod_ips), served
+    assert min(served.values()) >= 3, served
+
+    # No endpoints: kube-proxy rejects connections to the ClusterIP (or they time out).
+    admin.patch(f"{APPS}/deployments/{service}/scale", {"spec": {"replicas": 0}})
+    wait_for("the EndpointSlice to empty", lambda: ready_endpoints(admin, service) == [], timeout=60)
+    wait_for(f"ClusterIP {cluster_ip}:80 to stop answering", lambda: not answers(cluster_ip, 80), timeout=30)
+    for _again in range(3):  # and it stays that way
+        assert not answers(cluster_ip, 80)
+    found = route(cluster_ip)
+    assert device(found) == BRIDGE and f"dev {uplink}" not in found, found
