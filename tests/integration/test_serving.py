@@ -88,7 +88,21 @@ def deployment(admin: Client, wasm_node: WasmletNode, wagi_image: str) -> Iterat
                         "tolerations": SEED_TOLERATIONS,
                         "terminationGracePeriodSeconds": 2,
                         "containers": [
-                            {"name": "hello", "image": wagi_image, "ports": [{"containerPort": 8080}]}
+                            {
+                                "name": "hello",
+                                "image": wagi_image,
+                                "ports": [{"containerPort": 8080}],
+                                "env": [
+                                    {
+                                        "name": "POD_IP",
+                                        "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}},
+                                    },
+                                    {
+                                        "name": "HOST_IP",
+                                        "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}},
+                                    },
+                                ],
+                            }
                         ],
                     },
                 },
@@ -164,6 +178,7 @@ def test_a_deployment_behind_a_service_serves_from_pod_ips_and_scales_to_zero_an
         assert cgi["REQUEST_METHOD"] == "POST"
         assert (cgi["SCRIPT_NAME"], cgi["PATH_INFO"], cgi["QUERY_STRING"]) == ("/hello", "/world", "x=1")
         assert (cgi["SERVER_NAME"], cgi["SERVER_PORT"]) == (ip, "8080")
+        assert (cgi["POD_IP"], cgi["HOST_IP"]) == (ip, wasm_node.ip)  # the downward API's view
         assert cgi["X_MATCHED_ROUTE"] == "/hello/..."
         assert text.endswith("body=ping")
         assert request(ip, 8080, "GET", "/elsewhere")[0] == 404

@@ -127,7 +127,7 @@ class ContainerStarter:
     def configure(self, run: PodRun, spec: Mapping[str, Any]) -> Configured:
         """The container's variables as kubelet builds them, and its mounts; ConfigError when either
         cannot be made yet."""
-        ips = run.ips or (self.node_ip,)
+        pod_ips = run.ips or (self.node_ip,)
         try:
             route = cgi.handler_routes(run.pod).get(str(spec["name"]))
         except cgi.WagiError as exc:
@@ -136,7 +136,12 @@ class ContainerStarter:
             raise ConfigError(f"container {spec['name']} is a WAGI handler, and this node serves no HTTP")
         try:
             resolved = pod_env.resolve_environment(
-                run.pod, spec, self.sources, host_ips=ips, pod_ips=ips, allocatable=self.allocatable
+                run.pod,
+                spec,
+                self.sources,
+                host_ips=(self.node_ip,),
+                pod_ips=pod_ips,
+                allocatable=self.allocatable,
             )
         except EnvError as exc:
             raise ConfigError(str(exc)) from exc
