@@ -17,7 +17,7 @@ import wasmtime
 from wasmlet.held_dir import HeldDir, open_beneath
 from wasmlet.runtime.engine import EXIT_KILLED, Execution, ExitStatus, RunSpec, Runtime
 from wasmlet.serve.cgi import Route
-from wasmlet.serve.listeners import HttpServers
+from wasmlet.serve.listeners import HttpServers, Request
 from wasmlet.serve.wagi import WagiContainer, WagiOptions, WagiServing
 
 WASI = "wasi_snapshot_preview1"
@@ -384,6 +384,44 @@ def test_a_request_in_flight_at_stop_is_answered_within_the_grace_period(wagi: H
     assert [(r.status, r.body) for r in replies] == [(200, b"slept\n")]
     assert served.exited.wait(WAIT)
     assert [(s.exit_code, s.reason) for s in served.exits] == [(0, "Completed")]
+
+
+def test_a_request_that_reaches_an_ended_container_is_503_and_runs_nothing(
+    wagi: Harness, tmp_path: Path
+) -> None:
+    """A request queued behind others can reach the handler after the container ended: its
+    mounts' descriptors are closed by then (and their numbers may be another pod's), so it
+    must not run."""
+    held = open_beneath(tmp_path)
+    served = wagi.serve(MARKED_OK, preopens=((held, "/data", True),))
+    served.container.stop(0)
+    assert served.exited.wait(WAIT) and held.closed
+    late = Request("GET", "/", [], b"", ("127.0.0.1", 1), ("127.0.0.1", served.port))
+    reply = served.container.handle(late)
+    assert (reply.status, reply.body) == (503, b"the handler is stopping\n")
+
+
+def test_mounts_close_only_once_no_request_runs(wagi: Harness, tmp_path: Path) -> None:
+    held = open_beneath(tmp_path)
+    served = wagi.serve(SLEEPER, preopens=((held, "/data", True),))
+    container = served.container
+    at_exit: list[tuple[int, bool]] = []
+    report = container._on_exit
+
+    def on_exit(status: ExitStatus) -> None:
+        at_exit.append((container._active, held.closed))
+        report(status)
+
+    container._on_exit = on_exit
+    replies: list[Reply] = []
+    client = threading.Thread(target=lambda: replies.append(served.get("/")))
+    client.start()
+    assert until(lambda: bool(container._in_flight))
+    container.stop(0)  # no grace: the request's instance is stopped
+    assert served.exited.wait(WAIT)
+    client.join(WAIT)
+    assert at_exit == [(0, True)]  # closed after the request returned
+    assert [r.status for r in replies] == [504]
 
 
 def test_requests_run_their_instances_in_parallel(wagi: Harness) -> None:

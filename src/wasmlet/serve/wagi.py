@@ -33,6 +33,7 @@ Preopen = tuple[HeldDir, str, bool]  # a mount, held open while the container se
 DEFAULT_PORT = 3000  # Krustlet's wagi provider served on 3000 when the pod named no port
 TIMEOUT = 30.0
 MAX_RESPONSE_BYTES = 16 * 2**20
+END_WAIT = 10.0  # seconds a stopping container waits for its stopped requests to return
 
 
 class Caller(Protocol):
@@ -125,8 +126,11 @@ class WagiContainer:
         self._listeners: list[Listener] = []
         self._started = datetime.now(UTC)
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # notified when a request ends
         self._in_flight: set[Execution] = set()
+        self._active = 0  # requests inside handle()
         self._stopping = False
+        self._ended = False  # no request may start any more: the mounts are about to close
 
     def open(self, addresses: Sequence[tuple[str, int]]) -> None:
         """Listen on each address; if one cannot be had, the container ends at once with why."""
@@ -162,13 +166,8 @@ class WagiContainer:
         ).start()
 
     def _drain(self, grace: float) -> None:
-        until = time.monotonic() + grace
-        while time.monotonic() < until:
-            with self._lock:
-                if not self._in_flight:
-                    break
-            time.sleep(0.05)
-        with self._lock:
+        with self._idle:
+            self._idle.wait_for(lambda: self._active == 0, grace)
             left = list(self._in_flight)
         for execution in left:
             execution.stop(0)
@@ -184,11 +183,40 @@ class WagiContainer:
     def _end(self, status: ExitStatus) -> None:
         for listener in self._listeners:
             listener.close()
+        with self._idle:
+            self._ended = True  # from here handle() answers 503
+            late = list(self._in_flight)  # begun after the grace period's count
+        for execution in late:
+            execution.stop(0)
+        with self._idle:
+            # A request that started still has the mounts' descriptors in its instance's
+            # preopens: close them only once none runs (a number closed early could be reused
+            # by another pod's directory). Stopped instances end within milliseconds.
+            if not self._idle.wait_for(lambda: self._active == 0, END_WAIT):
+                log.error(
+                    "%s: requests still running after %ss; their mounts stay open",
+                    self._template.name,
+                    END_WAIT,
+                )
+                self._on_exit(status)
+                return
         for held, _guest, _read_only in self._preopens:
             held.close()
         self._on_exit(status)
 
     def handle(self, request: Request) -> Response:
+        with self._lock:
+            if self._ended:
+                return Response(503, [("content-type", "text/plain")], b"the handler is stopping\n")
+            self._active += 1
+        try:
+            return self._handle(request)
+        finally:
+            with self._idle:
+                self._active -= 1
+                self._idle.notify_all()
+
+    def _handle(self, request: Request) -> Response:
         path = request.target.partition("?")[0]
         if not self._route.matches(path):
             return Response(404, [("content-type", "text/plain")], b"not found\n")
