@@ -5,72 +5,25 @@ uplink."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from helpers import SEED_TOLERATIONS, Registry, delete_quietly, push_wat, unique, wait_for
+from http_pods import cgi_variables, ready_endpoints, request, running_pod_ips
 from wasmlet_proc import WasmletNode
 
 from wasmlet.kube.client import Client
+from wasmlet.network import interface
 
 pytestmark = pytest.mark.integration
 
 APPS = "/apis/apps/v1/namespaces/default"
 CORE = "/api/v1/namespaces/default"
-BRIDGE = "wasmlet0"
+BRIDGE = interface.BRIDGE
 REPLICAS = 2
-
-
-def request(ip: str, port: int, path: str = "/") -> tuple[int, str]:
-    """One GET on a connection of its own (kube-proxy picks an endpoint per connection)."""
-    conn = http.client.HTTPConnection(ip, port, timeout=10)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        conn.close()
-
-
-def cgi_variables(text: str) -> dict[str, str]:
-    head = text.partition("body=")[0]
-    return dict(line.split("=", 1) for line in head.splitlines() if "=" in line)
-
-
-def ready_endpoints(admin: Client, service: str) -> list[str]:
-    slices = admin.get(
-        "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
-        {"labelSelector": f"kubernetes.io/service-name={service}"},
-    )["items"]
-    return sorted(
-        address
-        for found in slices
-        for endpoint in found.get("endpoints") or []
-        if (endpoint.get("conditions") or {}).get("ready")
-        for address in endpoint["addresses"]
-    )
-
-
-def running_pod_ips(admin: Client, app: str) -> list[str]:
-    items = admin.get(f"{CORE}/pods", {"labelSelector": f"app={app}"})["items"]
-    return sorted(
-        p["status"]["podIP"]
-        for p in items
-        if p.get("status", {}).get("phase") == "Running"
-        and not p["metadata"].get("deletionTimestamp")
-        and p["status"].get("podIP")
-    )
-
-
-def route(address: str) -> str:
-    """What `ip route get` says (a lookup: nothing is sent)."""
-    done = subprocess.run(["ip", "route", "get", address], capture_output=True, text=True, check=True)
-    return done.stdout.strip()
 
 
 def device(route_line: str) -> str:
@@ -142,16 +95,16 @@ def test_a_cluster_ip_answers_from_the_host_spread_over_its_pods_and_refuses_wit
     cluster_ip = admin.get(f"{CORE}/services/{service}")["spec"]["clusterIP"]
 
     # The ClusterIP is routed into the node-local bridge, never towards the uplink.
-    uplink = device(route("198.51.100.1"))  # where the rest of the world goes
+    uplink = device(interface.route_of("198.51.100.1"))  # where the rest of the world goes
     assert uplink != BRIDGE
-    found = route(cluster_ip)
+    found = interface.route_of(cluster_ip)
     assert device(found) == BRIDGE, found
     assert f"dev {uplink}" not in found and " via " not in found, found
 
     # kube-proxy programs the Service within its sync period.
     def first_answer() -> tuple[int, str] | None:
         try:
-            return request(cluster_ip, 80, "/hello")
+            return request(cluster_ip, 80, path="/hello")
         except OSError:
             return None
 
@@ -179,5 +132,5 @@ def test_a_cluster_ip_answers_from_the_host_spread_over_its_pods_and_refuses_wit
     wait_for(f"ClusterIP {cluster_ip}:80 to stop answering", lambda: not answers(cluster_ip, 80), timeout=30)
     for _again in range(3):  # and it stays that way
         assert not answers(cluster_ip, 80)
-    found = route(cluster_ip)
+    found = interface.route_of(cluster_ip)
     assert device(found) == BRIDGE and f"dev {uplink}" not in found, found
