@@ -7,6 +7,9 @@ Decisions are cached (authn 2 min, allow 5 min, deny 30 s), like virtual-kubelet
 Connections are capped and timed out until a request is authorized (:mod:`wasmlet.node.connections`);
 a connection that fails or times out is closed with one log line. ``/portForward`` is upgraded to
 SPDY and served by :mod:`wasmlet.node.port_forward`.
+
+One file (400 lines): the handler, the authn/authz caches and the server share the request's
+identity and the connection limits.
 """
 
 from __future__ import annotations

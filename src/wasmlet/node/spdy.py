@@ -11,6 +11,9 @@ The decoder treats its input as hostile: a frame longer than :attr:`Limits.max_f
 refused as soon as its 8-byte head is in (before its payload is buffered), a header block may
 inflate to :attr:`Limits.max_header_block` bytes at most, and anything malformed raises
 :class:`ProtocolError`, after which the connection cannot be trusted (the zlib stream is shared).
+
+One file (430 lines): every frame type shares the connection's one header-compression context,
+which must see each header block in order.
 """
 
 from __future__ import annotations

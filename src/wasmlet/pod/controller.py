@@ -14,6 +14,9 @@ container's state moves only by :func:`wasmlet.pod.lifecycle.step`, the pod's on
 over and re-queues the pod. The status written (:class:`Status`) is derived from both.
 
 The collaborators are passed in (built by :mod:`wasmlet.agent`), so unit tests give fakes.
+
+One file (450 lines) for now: the pod's stages and its containers' syncing share the pod's
+worker and queue; moving container syncing into a file of its own is next.
 """
 
 from __future__ import annotations
