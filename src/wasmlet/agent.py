@@ -40,6 +40,7 @@ from wasmlet.pod.watch import PodWatch
 from wasmlet.runtime.engine import Runtime
 from wasmlet.serve.listeners import HttpServers
 from wasmlet.serve.wagi import WagiServing
+from wasmlet.serve.wasi_http import WasiHttpServing
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,9 @@ def build_pods(
         log_rotation=LogRotation(config.container_log_max_size, config.container_log_max_files),
         limits=Limits(config.default_memory_limit, config.max_open_files_per_container),
         wagi=WagiServing(runtime, servers) if servers is not None else None,
+        wasi_http=WasiHttpServing(config.wasmtime_cli, config.data_dir / "wasi-http")
+        if servers is not None
+        else None,
     )
     controller = PodController(
         images=images,

@@ -30,6 +30,7 @@ from wasmlet.node import eviction
 from wasmlet.node.connections import MAX_CONNECTIONS
 from wasmlet.oci import limits
 from wasmlet.pod import image
+from wasmlet.serve import wasi_http
 
 
 class ConfigError(Exception):
@@ -81,6 +82,7 @@ class NodeConfig:
     # for them leaves the machine (docs/networking.md).
     cluster_cidrs: tuple[str, ...] = ()
     service_cidrs: tuple[str, ...] = ()
+    wasmtime_cli: Path = field(default_factory=wasi_http.default_cli)  # serves wasi:http components
 
     @property
     def config_dir(self) -> Path:
@@ -140,6 +142,11 @@ _OPTIONS: list[tuple[str, str, str]] = [
         "the cluster's pod IP range(s) (the controller manager's flag): kept on this machine (default: none)",
     ),
     ("service-cidr", "list", "the cluster's Service IP range(s): kept on this machine (default: none)"),
+    (
+        "wasmtime-cli",
+        "path",
+        "the wasmtime CLI serving wasi:http components (default: ~/.wasmlet/bin/wasmtime-<version>/wasmtime)",
+    ),
     (
         "eviction-hard",
         "str",
@@ -424,4 +431,5 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         ),
         cluster_cidrs=_as_cidrs("cluster-cidr", merged.get("cluster-cidr", "")),
         service_cidrs=_as_cidrs("service-cidr", merged.get("service-cidr", "")),
+        wasmtime_cli=path("wasmtime-cli", wasi_http.default_cli()),
     )

@@ -57,6 +57,14 @@ class World:
         self.used += size
         return image, entry, compiled
 
+    def as_http_component(self, compiled: Path, size: int = 8) -> Path:
+        """What the runtime keeps of a wasi:http component: ``<sha256>.http.wasm`` for the ``.cwasm``."""
+        kept = compiled.with_name(compiled.name.removesuffix(".cwasm") + ".http.wasm")
+        kept.write_bytes(b"c" * size)
+        os.utime(kept, (self.now, self.now))
+        compiled.unlink()
+        return kept
+
 
 @pytest.fixture
 def world(tmp_path: Path) -> World:
@@ -141,6 +149,45 @@ def test_compiled_modules_without_their_module_go_once_old_enough(world: World) 
     assert world.gc.collect().compiled_removed == [orphan]
     assert kept.exists()
     assert world.forgotten == [orphan]  # the runtime lets go of its loaded copy too
+
+
+def test_the_http_wasm_of_a_removed_module_goes_with_it(world: World) -> None:
+    _a, a_entry, a_compiled = world.module("a", 3 * MIB)
+    a_kept = world.as_http_component(a_compiled)
+    b, b_entry, b_compiled = world.module("b", 3 * MIB)
+    b_kept = world.as_http_component(b_compiled)
+    world.images = {b}
+    world.used = 99 * MIB
+    world.gc.collect()
+    world.now += 120
+    report = world.gc.collect()
+    assert report.modules_removed == [a_entry] and report.compiled_removed == []
+    assert not a_entry.exists() and not a_kept.exists()
+    assert b_entry.is_dir() and b_kept.exists() and b_kept not in world.forgotten
+
+
+def test_http_wasm_without_its_module_goes_once_old_enough(world: World) -> None:
+    _image, _entry, compiled = world.module("kept", MIB)
+    kept = world.as_http_component(compiled)
+    orphan = world.compiled / f"{'f' * 64}.http.wasm"
+    orphan.write_bytes(b"stale")
+    os.utime(orphan, (world.now, world.now))
+    assert world.gc.collect().compiled_removed == []
+    world.now += 121
+    assert world.gc.collect().compiled_removed == [orphan]
+    assert not orphan.exists() and kept.exists()
+    assert world.forgotten == [orphan]
+
+
+def test_the_http_wasm_counts_in_its_modules_size(world: World) -> None:
+    _image, entry, compiled = world.module("sized", 3 * MIB)
+    world.as_http_component(compiled, 2 * MIB)
+    world.used = 99 * MIB
+    world.gc.collect()
+    world.now += 120
+    report = world.gc.collect()
+    assert report.modules_removed == [entry]
+    assert report.bytes_freed == 3 * MIB + 2 * MIB
 
 
 def test_directories_of_pods_the_node_no_longer_knows_are_removed(world: World) -> None:

@@ -28,7 +28,9 @@ DEFAULT_HIGH_THRESHOLD = 85
 DEFAULT_LOW_THRESHOLD = 80
 DEFAULT_MIN_AGE = 120.0
 GC_PERIOD = 300.0  # the kubelet's ImageGCPeriod
-COMPILED_SUFFIX = ".cwasm"
+# What the runtime makes of a module (<sha256>.cwasm) or keeps of a wasi:http component
+# (<sha256>.http.wasm) in the compiled-module cache.
+COMPILED_SUFFIXES = (".cwasm", ".http.wasm")
 
 
 @dataclass(frozen=True)
@@ -219,8 +221,8 @@ class ImageGC:
             record = self._records.setdefault(entry, _Record(first_detected=now))
             if entry in used:
                 record.last_used = now
-            record.size = _size(entry / MODULE_FILE) + _size(
-                self.compiled_dir / f"{hashes[entry]}{COMPILED_SUFFIX}"
+            record.size = _size(entry / MODULE_FILE) + sum(
+                _size(self.compiled_dir / f"{hashes[entry]}{suffix}") for suffix in COMPILED_SUFFIXES
             )
 
     # -- removing ----------------------------------------------------------------------------
@@ -238,11 +240,11 @@ class ImageGC:
     def _remove_orphan_compiled(self, module_hashes: set[str], now: float) -> list[Path]:
         removed = []
         try:
-            compiled = list(self.compiled_dir.glob(f"*{COMPILED_SUFFIX}"))
+            compiled = [path for suffix in COMPILED_SUFFIXES for path in self.compiled_dir.glob(f"*{suffix}")]
         except OSError:
             return []
         for path in compiled:
-            if path.stem in module_hashes:
+            if path.name.partition(".")[0] in module_hashes:
                 continue
             with contextlib.suppress(FileNotFoundError):
                 if now - path.stat().st_mtime < self.policy.min_age:
@@ -275,9 +277,11 @@ class ImageGC:
         with contextlib.suppress(OSError):
             entry.rmdir()
         if module_hash:
-            compiled = self.compiled_dir / f"{module_hash}{COMPILED_SUFFIX}"
-            compiled.unlink(missing_ok=True)
-            self.forget_compiled(compiled)
+            for suffix in COMPILED_SUFFIXES:
+                compiled = self.compiled_dir / f"{module_hash}{suffix}"
+                with contextlib.suppress(FileNotFoundError):
+                    compiled.unlink()
+                    self.forget_compiled(compiled)
         self._prune_parents(entry.parent)
         log.info("removed unused module %s", entry.relative_to(self.store.root))
         return True

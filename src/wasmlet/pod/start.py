@@ -24,9 +24,12 @@ from wasmlet.pod.probes import ProbeError, probes_of
 from wasmlet.pod.run import ContainerRun, PodRun, RunningModule
 from wasmlet.pod.volumes.mounts import Preopen, close_preopens
 from wasmlet.pod.volumes.spec import VolumeError
+from wasmlet.runtime import components
 from wasmlet.runtime.engine import ExitStatus, RunSpec
-from wasmlet.serve import cgi
-from wasmlet.serve.wagi import DEFAULT_PORT, WagiServing
+from wasmlet.serve import cgi, wagi
+from wasmlet.serve.wagi import WagiServing
+from wasmlet.serve.wasi_http import DEFAULT_PORT as WASI_HTTP_PORT
+from wasmlet.serve.wasi_http import WasiHttpServing
 
 # Container fields a WebAssembly module cannot honour, each refused with the reason.
 UNSUPPORTED_CONTAINER_FIELDS = {
@@ -112,8 +115,10 @@ class ContainerStarter:
         log_rotation: LogRotation,
         limits: Limits,
         wagi: WagiServing | None = None,
+        wasi_http: WasiHttpServing | None = None,
     ) -> None:
         self.wagi = wagi
+        self.wasi_http = wasi_http
         self.runtime = runtime
         self.mounts = mounts
         self.sources = sources
@@ -192,19 +197,29 @@ class ContainerStarter:
                 stderr=writer.stderr,
                 name=f"{meta['namespace']}/{meta['name']}/{crun.name}",
             )
+            if components.is_http_component(module):
+                if ready.route is not None:
+                    raise ConfigError(
+                        f"container {crun.name} is a WAGI handler, and its image is a component"
+                    )
+                if self.wasi_http is None:
+                    raise ConfigError(
+                        f"container {crun.name} is a wasi:http component: this node serves none"
+                    )
+                addresses = self._addresses(run, ready.spec, WASI_HTTP_PORT)
+                return self.wasi_http.serve(run_spec, addresses, ready.preopens, on_exit)
             if ready.route is not None and self.wagi is not None:
-                return self.wagi.serve(
-                    run_spec, ready.route, self._addresses(run, ready.spec), ready.preopens, on_exit
-                )
+                addresses = self._addresses(run, ready.spec, wagi.DEFAULT_PORT)
+                return self.wagi.serve(run_spec, ready.route, addresses, ready.preopens, on_exit)
             return self.runtime.start(run_spec, on_exit)
         except BaseException:
             close_preopens(ready.preopens)  # the runtime closes them once it has them (closing is idempotent)
             raise
 
-    def _addresses(self, run: PodRun, spec: Mapping[str, Any]) -> list[tuple[str, int]]:
-        """Where a WAGI container listens: the pod IP on its first TCP containerPort (else the port
-        of Krustlet's ``alpha.wagi.krustlet.dev/default-host``, else 3000), and the node's IP (or
-        the port's hostIP) on its hostPort when the pod has its own IP."""
+    def _addresses(self, run: PodRun, spec: Mapping[str, Any], default_port: int) -> list[tuple[str, int]]:
+        """Where a serving container listens: the pod IP on its first TCP containerPort (else the
+        port of Krustlet's ``alpha.wagi.krustlet.dev/default-host``, else ``default_port``), and the
+        node's IP (or the port's hostIP) on its hostPort when the pod has its own IP."""
         pod_ip = (run.ips or (self.node_ip,))[0]
         ports = [p for p in spec.get("ports") or [] if str(p.get("protocol") or "TCP") == "TCP"]
         if ports:
@@ -214,7 +229,7 @@ class ContainerStarter:
             port = (
                 int(default_host.rpartition(":")[2])
                 if default_host.rpartition(":")[2].isdigit()
-                else DEFAULT_PORT
+                else default_port
             )
         addresses = [(pod_ip, port)]
         if ports and ports[0].get("hostPort") and pod_ip != self.node_ip:

@@ -24,7 +24,7 @@ from wasmtime import _ffi as ffi
 
 from wasmlet.fsutil import write_atomic
 from wasmlet.held_dir import HeldDir
-from wasmlet.runtime import limited_memory, outputs, wasi_files, wasi_poll
+from wasmlet.runtime import components, limited_memory, outputs, wasi_files, wasi_poll
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +122,17 @@ class Runtime:
         self._file_shadows.define(self._linker)
 
     def precompile(self, wasm: Path) -> Path:
-        """Compile ``wasm`` once into ``cache_dir/<sha256>.cwasm``; reuse it when present."""
+        """Compile ``wasm`` once into ``cache_dir/<sha256>.cwasm``; reuse it when present. A
+        ``wasi:http`` component is checked and kept as ``<sha256>.http.wasm`` instead."""
         try:
             data = wasm.read_bytes()
         except OSError as exc:
             raise ModuleError(f"module {wasm}: cannot read it: {exc.strerror}") from exc
+        if components.is_component(data):  # served by wasmtime serve, not loaded here
+            try:
+                return components.prepare(self._engine, data, wasm, self._cache_dir)
+            except components.ComponentError as exc:
+                raise ModuleError(str(exc)) from exc
         target = self._cache_dir / f"{hashlib.sha256(data).hexdigest()}.cwasm"
         with self._lock:
             if target in self._ready:  # loaded once: each load is another mmap (and descriptor)

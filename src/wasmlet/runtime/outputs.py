@@ -46,6 +46,11 @@ class Pipe:
         """The write end, for ``WasiConfig.stdout_file``/``stderr_file`` (it opens its own copy)."""
         return f"/proc/self/fd/{self._write_fd}"
 
+    @property
+    def write_fd(self) -> int:
+        """The write end, for a child process to get as its stdout or stderr (-1 once dropped)."""
+        return self._write_fd
+
     def opened(self) -> None:
         """Drop our write end once wasmtime has its own: its close is then end-of-file."""
         if self._write_fd >= 0:
