@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the wasmtime CLI that serves wasi:http components (crate wasmtime-cli from crates.io, with
-# only `serve`, its compiler and its cache) into BIN_DIR/wasmtime.
+# only `serve` and what it needs: its compiler and its cache) into BIN_DIR/wasmtime.
 # Usage: build-wasmtime-cli.sh VERSION RUST_TOOLCHAIN BIN_DIR
 # wasmtime-cli declares the Rust it needs (rust-version); rustup installs that toolchain.
 set -euo pipefail
@@ -17,7 +17,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 echo "build-wasmtime-cli: building wasmtime-cli $version with Rust $toolchain (a cold build takes minutes)"
 "$rustup" run "$toolchain" cargo install "wasmtime-cli@$version" --locked --quiet \
-  --no-default-features --features serve,cranelift,parallel-compilation,cache \
+  --no-default-features --features serve,run,component-model-async,cranelift,parallel-compilation,cache \
   --root "$work/root" --target-dir "$work/target"
 install -D -m 0755 "$work/root/bin/wasmtime" "$bin_dir/wasmtime"
 "$bin_dir/wasmtime" --version

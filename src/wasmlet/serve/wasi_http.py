@@ -265,6 +265,11 @@ class WasiHttpContainer:
             "serve",
             "--systemd-listenfd",
             "--no-logging-prefix",
+            # wasi:cli next to wasi:http/proxy: environment, preopens, exit (Rust's std imports them)
+            "-Scli",
+            # each instance's memory from mmap, as the CLI does where pooling is not possible: no
+            # reservation of 1000 memories per process (and the build has no pooling allocator)
+            "-Opooling-allocator=n",
             f"--max-concurrent-connections={options.limits.max_connections}",
             f"--max-concurrent-requests={options.limits.max_in_flight}",
             f"-Wmax-memory-size={spec.memory_limit_bytes}",

@@ -5,7 +5,8 @@ environment, so that nothing of the pod's reaches a program that runs as the nod
 sandbox exists. Its descriptors: 0-2 stdio, 3 the listening socket, 4 a JSON description (below),
 5... the pod's mounts. It
 
-1. dies with the thread that started it (``PR_SET_PDEATHSIG``) and caps its open files;
+1. dies with the thread that started it (``PR_SET_PDEATHSIG``), gains no privilege by exec
+   (``PR_SET_NO_NEW_PRIVS``) and caps its open files;
 2. enters new network and mount namespaces (and a user namespace when not root): the only way out
    of the process is the socket it was given;
 3. clones the mount behind each mount descriptor (read-only where asked) and attaches it at
@@ -27,6 +28,7 @@ import signal
 import sys
 
 PR_SET_PDEATHSIG = 1
+PR_SET_NO_NEW_PRIVS = 38
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
@@ -120,6 +122,7 @@ def _attach(root: str, trees: list[int]) -> None:
 
 def main() -> None:
     _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl")
+    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl")  # no set-uid program gains anything
     with os.fdopen(SPEC_FD, "rb") as spec_file:
         spec = json.loads(spec_file.read())
     if os.getppid() != int(spec["parent"]):  # wasmlet ended before the signal was asked for
