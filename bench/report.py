@@ -25,7 +25,10 @@ TITLES = {
     "compute": "6. CPU-bound module: wasmlet vs bare wasmtime-py",
     "logs": "7. Logs: follow latency and the cost of logging",
     "cold_start": "8. Cold pull + compile + start vs warm start",
-    "serving": "9. Pods that serve: a WAGI handler under load, created → first 200, idle memory",
+    "serving": (
+        "9. Pods that serve: a WAGI handler and a wasi:http component (vs bare `wasmtime serve`) "
+        "under load, created → first 200, idle memory"
+    ),
     "make_up": "10. make up",
 }
 
@@ -413,6 +416,79 @@ def _serving(result: dict[str, Any]) -> list[str]:
             ],
         ),
         "",
+        *_serving_wasi_http(d.get("wasi_http")),
+    ]
+
+
+def _over(a: Any, b: Any) -> float | None:
+    return round(a / b, 2) if isinstance(a, int | float) and isinstance(b, int | float) and b else None
+
+
+def _rss_pss(idle: dict[str, Any]) -> str:
+    pss = idle.get("process_pss_bytes")
+    return f"{round(idle['process_rss_bytes'] / 1024)} / {round(pss / 1024) if pss is not None else '—'}"
+
+
+def _serving_wasi_http(d: dict[str, Any] | None) -> list[str]:
+    """The wasi:http component (examples/http-hello) under wasmlet next to bare ``wasmtime serve``."""
+    if not d:
+        return []
+    under, bare, idle = d["wasmlet"], d["bare"], d["idle"]
+    lat_u, lat_b = under["latency_ms"], bare["latency_ms"]
+    cpu_u, cpu_b = under.get("cpu_us_per_request") or {}, bare.get("cpu_us_per_request") or {}
+    first, start = d["create_to_first_200_ms"], bare["start_to_first_200_ms"]
+    bare_idle = bare.get("idle") or {}
+    rows: list[tuple[Any, ...]] = [
+        (
+            "requests/s",
+            under["requests_per_s"],
+            bare["requests_per_s"],
+            _over(under["requests_per_s"], bare["requests_per_s"]),
+        ),
+        *[
+            (f"latency {key} (ms)", lat_u.get(key), lat_b.get(key), _over(lat_u.get(key), lat_b.get(key)))
+            for key in ("p50", "p90", "p99", "max")
+        ],
+        (
+            "keep-alive clients, errors",
+            f"{under['clients']}, {under['errors']}",
+            f"{bare['clients']}, {bare['errors']}",
+            "",
+        ),
+        (
+            "CPU per request, wasmtime serve (µs)",
+            cpu_u.get("wasmtime"),
+            cpu_b.get("wasmtime"),
+            _over(cpu_u.get("wasmtime"), cpu_b.get("wasmtime")),
+        ),
+        ("CPU per request, wasmlet node (µs)", cpu_u.get("node"), "—", ""),
+        (
+            "pod created / process started → first 200, p50 / p99 (ms)",
+            f"{first.get('p50')} / {first.get('p99')}",
+            f"{start.get('p50')} / {start.get('p99')}",
+            _over(first.get("p50"), start.get("p50")),
+        ),
+        (
+            "idle: wasmtime serve RSS / PSS (KiB)",
+            _rss_pss(idle),
+            _rss_pss(bare_idle) if bare_idle else "—",
+            "",
+        ),
+        (
+            "idle: node RSS growth per pod (KiB)",
+            round(idle["node_rss_growth_bytes_per_pod"] / 1024, 1),
+            "—",
+            "",
+        ),
+    ]
+    return [
+        f"wasi:http component ({d['component']}, {_fmt(d['component_bytes'])} bytes) served by "
+        f"`{Path(d['cli']).name} serve` with `{' '.join(d['flags'])}`: one process per pod under wasmlet "
+        "(its socket on the pod IP handed over), the same binary started bare on 127.0.0.1; the same "
+        f"load against both. Idle memory: medians over {idle['pods']} idle pods (their PSS shares the "
+        "binary's pages among them), bare: one process; each had answered one request.",
+        "",
+        *_table(("measure", "under wasmlet (pod IP)", "bare `wasmtime serve`", "wasmlet / bare"), rows),
     ]
 
 

@@ -1,16 +1,18 @@
-"""Figure 9: pods that serve. A WAGI hello handler (a fresh module instance per request) on a
-bench node, loaded from this machine over its pod IP: requests/s and latency with keep-alive
-clients; pod created → first 200 response with the module cached; node memory per idle handler.
+"""Figure 9: pods that serve, loaded from this machine over their pod IPs.
 
-Load is bounded in count and time, and only ever sent to the pod's address on this machine.
+- A WAGI hello handler (a fresh module instance per request) on a bench node: requests/s and
+  latency with keep-alive clients; pod created → first 200 response with the module cached; node
+  memory per idle handler.
+- A ``wasi:http`` component under wasmlet and under bare ``wasmtime serve``
+  (bench/serving_components.py).
+
+Load is bounded in count and time, and only ever sent to addresses on this machine
+(bench/http_load.py).
 """
 
 from __future__ import annotations
 
-import contextlib
-import http.client
 import json
-import threading
 import time
 from typing import Any
 
@@ -19,6 +21,7 @@ from bench.common import (
     Context,
     Figure,
     Outcome,
+    ensure_registry,
     namespace,
     pod_manifest,
     push,
@@ -28,10 +31,15 @@ from bench.common import (
     wait_for,
     wasm,
 )
-from wasmlet.kube.client import ApiError, Client
-
-PORT = 8080
-CLIENTS = 4
+from bench.http_load import CLIENTS, PORT, first_200, load, pod_ip, running_count
+from bench.serving_components import (
+    add_wasi_http_figures,
+    build_http_hello,
+    wasi_http_bare,
+    wasi_http_wasmlet,
+    wasmlet_serve_argv,
+    wasmtime_cli,
+)
 
 
 def handler_manifest(name: str, node: str, image: str) -> dict[str, Any]:
@@ -41,82 +49,27 @@ def handler_manifest(name: str, node: str, image: str) -> dict[str, Any]:
     return manifest
 
 
-def pod_ip(admin: Client, ns: str, name: str) -> str | None:
-    with contextlib.suppress(ApiError):
-        status = admin.get(f"/api/v1/namespaces/{ns}/pods/{name}").get("status") or {}
-        if status.get("phase") == "Running":
-            return str(status.get("podIP") or "") or None
-    return None
-
-
-def get(conn: http.client.HTTPConnection) -> int:
-    conn.request("GET", "/")
-    response = conn.getresponse()
-    response.read()
-    return response.status
-
-
-def first_200(ip: str, deadline: float) -> float:
-    """Poll ``ip`` until it answers 200; the time it did."""
-    while time.monotonic() < deadline:
-        conn = http.client.HTTPConnection(ip, PORT, timeout=2)
-        try:
-            if get(conn) == 200:
-                return time.monotonic()
-        except OSError:
-            time.sleep(0.002)
-        finally:
-            conn.close()
-    raise TimeoutError(f"{ip}:{PORT} did not answer 200")
-
-
-def load(ip: str, seconds: float, max_requests: int) -> tuple[int, list[float], int]:
-    """CLIENTS keep-alive clients for ``seconds`` or ``max_requests`` in all: (ok, latencies, errors)."""
-    latencies: list[float] = []
-    errors = [0]
-    lock = threading.Lock()
-    until = time.monotonic() + seconds
-
-    def client() -> None:
-        conn = http.client.HTTPConnection(ip, PORT, timeout=10)
-        mine: list[float] = []
-        failed = 0
-        while time.monotonic() < until and len(mine) < max_requests // CLIENTS:
-            started = time.perf_counter()
-            try:
-                ok = get(conn) == 200
-            except OSError:
-                ok = False
-                conn.close()
-                conn = http.client.HTTPConnection(ip, PORT, timeout=10)
-            if ok:
-                mine.append(time.perf_counter() - started)
-            else:
-                failed += 1
-        conn.close()
-        with lock:
-            latencies.extend(mine)
-            errors[0] += failed
-
-    threads = [threading.Thread(target=client) for _index in range(CLIENTS)]
-    started = time.monotonic()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.monotonic() - started
-    return round(len(latencies) / elapsed), latencies, errors[0]
-
-
 def run(ctx: Context) -> Outcome:
     out = Outcome("serving")
+    cli = wasmtime_cli()
+    component = build_http_hello(ctx.log)
+    argv = wasmlet_serve_argv(cli, component, ctx.workdir / "bare-serve")
     cluster: Cluster = ctx.cluster()
     samples = ctx.scale(20, 2)
     idle_pods = ctx.scale(100, 5)
+    ensure_registry(ctx.log)
     image = push("wagi-hello", wasm("wagi_hello"), ctx.workdir)
+    component_image = push("http-hello", component.read_bytes(), ctx.workdir)
     with (
         cluster.admin() as admin,
-        running_node(cluster, admin, ctx.workdir, "bench-serving", max_pods=1000) as node,
+        running_node(
+            cluster,
+            admin,
+            ctx.workdir,
+            "bench-serving",
+            max_pods=1000,
+            flags=("--wasmtime-cli", str(cli)),
+        ) as node,
         namespace(admin, "bench-serving") as ns,
     ):
         path = f"/api/v1/namespaces/{ns}/pods"
@@ -143,24 +96,31 @@ def run(ctx: Context) -> Outcome:
             admin.delete(f"{path}/{name}?gracePeriodSeconds=0")
         out.data["create_to_first_200_ms"] = summary(to_200, 1000, 1)
 
+        # The wasi:http component, bare and under wasmlet, back to back on the same machine.
+        bare = wasi_http_bare(ctx, argv)
+        under = wasi_http_wasmlet(ctx, cli, admin, node, ns=ns, image=component_image)
+        out.data["wasi_http"] = {
+            "component": "examples/http-hello",
+            "component_bytes": component.stat().st_size,
+            "cli": str(cli),
+            "flags": [
+                arg
+                for arg in argv[2:-1]
+                if arg != "--systemd-listenfd" and not arg.startswith("-Ccache-config=")
+            ],
+            "bare": bare,
+            "wasmlet": under["load"],
+            "create_to_first_200_ms": under["create_to_first_200_ms"],
+            "idle": under["idle"],
+        }
+
         time.sleep(2)
         before = rss_bytes(node.pid)
         for index in range(idle_pods):
             admin.post(path, handler_manifest(f"idle-{index:04d}", node.name, image))
         wait_for(
             f"{idle_pods} idle handlers Running",
-            lambda: (
-                len(
-                    [
-                        p
-                        for p in admin.get(path)["items"]
-                        if p["metadata"]["name"].startswith("idle-")
-                        and (p.get("status") or {}).get("phase") == "Running"
-                    ]
-                )
-                == idle_pods
-                or None
-            ),
+            lambda: running_count(admin, path, "idle-") == idle_pods or None,
             300,
         )
         time.sleep(2)
@@ -202,7 +162,5 @@ def run(ctx: Context) -> Outcome:
             f"RSS growth of the wasmlet process over {idle_pods} idle WAGI handlers",
         )
     )
-    out.not_measured.append(
-        "wasi:http components under wasmlet vs bare `wasmtime serve`: components are issue #15's"
-    )
+    add_wasi_http_figures(out, out.data["wasi_http"])
     return out

@@ -32,7 +32,8 @@ impl Guest for HttpHello {
             }
         };
         respond(response_out, status, &text);
-        eprintln!("{method} {path} {status}");
+        // One write per line: concurrent instances share stderr, and eprintln! writes in pieces.
+        let _ = io::stderr().write_all(format!("{method} {path} {status}\n").as_bytes());
     }
 }
 
