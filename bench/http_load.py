@@ -10,7 +10,7 @@ import threading
 import time
 from typing import Any
 
-from bench.common import CpuMeter, summary
+from bench.common import CpuMeter, PodWatcher, summary
 from wasmlet.kube.client import ApiError, Client
 
 PORT = 8080
@@ -112,3 +112,24 @@ def running_count(admin: Client, path: str, prefix: str) -> int:
             if p["metadata"]["name"].startswith(prefix) and (p.get("status") or {}).get("phase") == "Running"
         ]
     )
+
+
+def create_to_first_200(
+    admin: Client, watcher: PodWatcher, path: str, manifest: dict[str, Any], port: int = PORT
+) -> float:
+    """Seconds from just before ``manifest``'s POST to its pod's first 200, then the pod is
+    deleted. The pod's IP comes from ``watcher``'s watch as soon as its status has it (a poll of
+    the API would add up to its interval), and the address is then polled every 2 ms."""
+    name = manifest["metadata"]["name"]
+    watcher.mark_created(name)
+    created = time.monotonic()
+    admin.post(path, manifest)
+
+    def has_ip() -> bool:
+        times = watcher.times[name]
+        return times.phase == "Running" and bool(times.status.get("podIP"))
+
+    watcher.wait(f"pod {name}'s IP", has_ip, 60)
+    took = first_200(str(watcher.times[name].status["podIP"]), created + 60, port) - created
+    admin.delete(f"{path}/{name}?gracePeriodSeconds=0")
+    return took

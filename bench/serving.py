@@ -21,6 +21,7 @@ from bench.common import (
     Context,
     Figure,
     Outcome,
+    PodWatcher,
     ensure_registry,
     namespace,
     pod_manifest,
@@ -31,7 +32,7 @@ from bench.common import (
     wait_for,
     wasm,
 )
-from bench.http_load import CLIENTS, PORT, first_200, load, pod_ip, running_count
+from bench.http_load import CLIENTS, PORT, create_to_first_200, first_200, load, pod_ip, running_count
 from bench.serving_components import (
     add_wasi_http_figures,
     build_http_hello,
@@ -71,6 +72,7 @@ def run(ctx: Context) -> Outcome:
             flags=("--wasmtime-cli", str(cli)),
         ) as node,
         namespace(admin, "bench-serving") as ns,
+        PodWatcher(cluster, ns) as watcher,
     ):
         path = f"/api/v1/namespaces/{ns}/pods"
         admin.post(path, handler_manifest("warm", node.name, image))  # pulls and compiles once
@@ -86,19 +88,13 @@ def run(ctx: Context) -> Outcome:
         }
         admin.delete(f"{path}/warm?gracePeriodSeconds=0")
 
-        to_200 = []
-        for index in range(samples):
-            name = f"first-{index:03d}"
-            created = time.monotonic()
-            admin.post(path, handler_manifest(name, node.name, image))
-            ip = wait_for(f"pod {name}'s IP", lambda n=name: pod_ip(admin, ns, n), 60)  # type: ignore[misc]
-            to_200.append(first_200(ip, created + 60) - created)
-            admin.delete(f"{path}/{name}?gracePeriodSeconds=0")
+        manifests = [handler_manifest(f"first-{index:03d}", node.name, image) for index in range(samples)]
+        to_200 = [create_to_first_200(admin, watcher, path, manifest) for manifest in manifests]
         out.data["create_to_first_200_ms"] = summary(to_200, 1000, 1)
 
         # The wasi:http component, bare and under wasmlet, back to back on the same machine.
         bare = wasi_http_bare(ctx, argv)
-        under = wasi_http_wasmlet(ctx, cli, admin, node, ns=ns, image=component_image)
+        under = wasi_http_wasmlet(ctx, cli, admin, node, watcher, ns=ns, image=component_image)
         out.data["wasi_http"] = {
             "component": "examples/http-hello",
             "component_bytes": component.stat().st_size,

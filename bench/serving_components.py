@@ -25,13 +25,24 @@ from bench.common import (
     Figure,
     Node,
     Outcome,
+    PodWatcher,
     pids_where,
     pod_manifest,
     rss_bytes,
     summary,
     wait_for,
 )
-from bench.http_load import CLIENTS, PORT, first_200, free_port, load, measured, pod_ip, running_count
+from bench.http_load import (
+    CLIENTS,
+    PORT,
+    create_to_first_200,
+    first_200,
+    free_port,
+    load,
+    measured,
+    pod_ip,
+    running_count,
+)
 from wasmlet import paths
 from wasmlet.config import DEFAULT_MEMORY_LIMIT
 from wasmlet.kube.client import Client
@@ -219,7 +230,7 @@ def wasi_http_bare(ctx: Context, argv: list[str]) -> dict[str, Any]:
 
 
 def wasi_http_wasmlet(
-    ctx: Context, cli: Path, admin: Client, node: Node, *, ns: str, image: str
+    ctx: Context, cli: Path, admin: Client, node: Node, watcher: PodWatcher, *, ns: str, image: str
 ) -> dict[str, Any]:
     """The component as pods on ``node``: the load, created → first 200, idle pods' memory."""
     path = f"/api/v1/namespaces/{ns}/pods"
@@ -241,14 +252,9 @@ def wasi_http_wasmlet(
     found["load"] = measured(rate, latencies, errors, cpu)
     admin.delete(f"{path}/component-warm?gracePeriodSeconds=0")
 
-    to_200 = []
-    for index in range(ctx.scale(10, 2)):
-        name = f"component-first-{index:03d}"
-        created = time.monotonic()
-        admin.post(path, component_manifest(name, node.name, image))
-        ip = wait_for(f"pod {name}'s IP", lambda n=name: pod_ip(admin, ns, n), 60)  # type: ignore[misc]
-        to_200.append(first_200(ip, created + 60) - created)
-        admin.delete(f"{path}/{name}?gracePeriodSeconds=0")
+    names = [f"component-first-{index:03d}" for index in range(ctx.scale(10, 2))]
+    manifests = [component_manifest(name, node.name, image) for name in names]
+    to_200 = [create_to_first_200(admin, watcher, path, manifest) for manifest in manifests]
     found["create_to_first_200_ms"] = summary(to_200, 1000, 1)
 
     wait_for("the component pods' processes to end", lambda: not serving_processes(node, cli), 60, 0.2)
