@@ -157,7 +157,9 @@ class WasiHttpServing:
         spawner = self._spawner
         described = os.memfd_create("wasmtime-serve", os.MFD_CLOEXEC)
         try:
-            os.write(described, json.dumps({**spec, "parent": os.getpid()}).encode())
+            data = memoryview(json.dumps({**spec, "parent": os.getpid()}).encode())
+            while data:  # a write may take less than all of it
+                data = data[os.write(described, data) :]
             os.lseek(described, 0, os.SEEK_SET)
             ordered = [*fds[:4], described, *fds[4:]]
             # Copies above every target number, so that no dup2 overwrites a source not yet used.
