@@ -136,7 +136,7 @@ def main() -> None:
     env = {str(k): str(v) for k, v in spec["env"].items()}
     env.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1")
     argv = [str(arg) for arg in spec["argv"]]
-    os.closerange(SPEC_FD, files)  # wasmtime gets stdio and the socket, nothing wasmlet inherited
+    os.closerange(SPEC_FD, 2**31 - 1)  # wasmtime gets stdio and the socket, nothing wasmlet inherited
     os.execve(argv[0], argv, env)  # noqa: S606 (argv is wasmlet's, never a shell's)
 
 
