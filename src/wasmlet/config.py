@@ -4,7 +4,7 @@ Names follow krustlet-wasi's flags (``--node-ip``, ``--bootstrap-file``, ...). T
 file is YAML (or JSON) with the flag names as keys, e.g. ``node-ip: 127.0.0.2``; it is
 ``<data-dir>/config/config.yaml`` unless ``--config`` names another.
 
-One file (420 lines): every option's name, parser and default in one table, which the flags,
+One file (435 lines): every option's name, parser and default in one table, which the flags,
 the environment and the config file all read.
 """
 
