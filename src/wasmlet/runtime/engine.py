@@ -24,7 +24,7 @@ from wasmtime import _ffi as ffi
 
 from wasmlet.fsutil import write_atomic
 from wasmlet.held_dir import HeldDir
-from wasmlet.runtime import components, limited_memory, outputs, wasi_files, wasi_poll
+from wasmlet.runtime import components, data_segments, limited_memory, outputs, wasi_files, wasi_poll
 
 log = logging.getLogger(__name__)
 
@@ -145,13 +145,29 @@ class Runtime:
                 log.info("recompiling %s: %s", wasm, exc)
         if not data.startswith(b"\0asm"):
             raise ModuleError(f"module {wasm}: not a WebAssembly binary (no \\0asm header)")
+        module = self._compile(data, wasm)
+        self._prepare(module, wasm)
+        write_atomic(target, bytes(module.serialize()))
+        return target
+
+    def _compile(self, data: bytes, wasm: Path) -> wasmtime.Module:
+        """Compile ``data`` with its data segments joined; an invalid module is reported from the
+        bytes as the user wrote them."""
+        joined = data_segments.coalesce(data)
+        if joined is not data:
+            try:
+                return wasmtime.Module(self._engine, joined)
+            except wasmtime.WasmtimeError:
+                pass  # compiled as written below: its error, or a module the rewrite got wrong
         try:
             module = wasmtime.Module(self._engine, data)
         except wasmtime.WasmtimeError as exc:
             raise ModuleError(f"module {wasm}: invalid: {_cause(exc)}") from exc
-        self._prepare(module, wasm)
-        write_atomic(target, bytes(module.serialize()))
-        return target
+        if joined is not data:
+            log.warning(
+                "module %s: compiled with its data segments as written (joined, it was refused)", wasm
+            )
+        return module
 
     def forget(self, cwasm: Path) -> None:
         """Drop the loaded copy of ``cwasm`` (removed by garbage collection); running modules keep theirs."""
