@@ -111,7 +111,7 @@ def _runs(active: list[_Segment]) -> list[tuple[int, bytes]]:
 def _segments(wasm: bytes, pos: int, end: int) -> list[_Segment]:
     count, pos = _u32(wasm, pos)
     segments = []
-    for _ in range(count):
+    for _segment in range(count):
         begin = pos
         flags, pos = _u32(wasm, pos)
         memory = 0
@@ -142,7 +142,7 @@ def _segments(wasm: bytes, pos: int, end: int) -> list[_Segment]:
 
 def _imports_memory(wasm: bytes, pos: int, end: int) -> bool:
     count, pos = _u32(wasm, pos)
-    for _ in range(count):
+    for _import in range(count):
         for _name in range(2):
             length, pos = _u32(wasm, pos)
             pos += length
