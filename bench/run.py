@@ -144,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ctx = Context(args.smoke, scratch, _log, cluster_factory, profile=not args.no_profile)
         # On a quiet machine first, then against the control plane.
         outcomes += [_run_one(name, ctx) for name in args.names if kinds[name] == "runtime"]
+        if "cluster" in kinds.values():  # each of them pushes its modules to the local registry
+            common.ensure_registry(_log)
         outcomes += [_run_one(name, ctx) for name in args.names if kinds[name] == "cluster"]
         cluster = ctx._cluster
         record_versions_cluster = cluster if cluster is None or cluster.healthy() else None

@@ -22,7 +22,6 @@ from bench.common import (
     Figure,
     Outcome,
     PodWatcher,
-    ensure_registry,
     namespace,
     pod_manifest,
     push,
@@ -58,7 +57,6 @@ def run(ctx: Context) -> Outcome:
     cluster: Cluster = ctx.cluster()
     samples = ctx.scale(20, 2)
     idle_pods = ctx.scale(100, 5)
-    ensure_registry(ctx.log)
     image = push("wagi-hello", wasm("wagi_hello"), ctx.workdir)
     component_image = push("http-hello", component.read_bytes(), ctx.workdir)
     with (
