@@ -165,7 +165,7 @@ def _imports_memory(wasm: bytes, pos: int, end: int) -> bool:
 
 def _value_type(wasm: bytes, pos: int) -> int:
     if wasm[pos] in (0x63, 0x64):  # (ref null? heaptype): a signed LEB heap type follows
-        return _s33_end(wasm, pos + 1)
+        return _skip_leb(wasm, pos + 1, 5)  # s33
     return pos + 1
 
 
@@ -173,47 +173,42 @@ def _limits(wasm: bytes, pos: int) -> int:
     flags = wasm[pos]
     if flags not in (0x00, 0x01, 0x04, 0x05):  # min, min+max, and their 64-bit forms
         raise _Unknown
-    pos = _u64_end(wasm, pos + 1)
-    return _u64_end(wasm, pos) if flags & 1 else pos
+    pos = _skip_leb(wasm, pos + 1, 10)  # u64
+    return _skip_leb(wasm, pos, 10) if flags & 1 else pos
 
 
 def _u32(wasm: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    for index in range(5):
-        byte = wasm[pos + index]
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            if value >> 32:
-                raise _Unknown
-            return value, pos + index + 1
-    raise _Unknown
+    """An unsigned 32-bit LEB128 at ``pos``: (value, where it ends)."""
+    value, end = _leb(wasm, pos, signed=False)
+    if value >> 32:
+        raise _Unknown
+    return value, end
 
 
 def _s32(wasm: bytes, pos: int) -> tuple[int, int]:
+    """A signed 32-bit LEB128 at ``pos``: (value, where it ends)."""
+    value, end = _leb(wasm, pos, signed=True)
+    if not -(1 << 31) <= value < 1 << 31:
+        raise _Unknown
+    return value, end
+
+
+def _leb(wasm: bytes, pos: int, *, signed: bool) -> tuple[int, int]:
     value = shift = 0
     for index in range(5):
         byte = wasm[pos + index]
         value |= (byte & 0x7F) << shift
         shift += 7
         if byte < 0x80:
-            if byte & 0x40:
+            if signed and byte & 0x40:
                 value -= 1 << shift
-            if not -(1 << 31) <= value < 1 << 31:
-                raise _Unknown
             return value, pos + index + 1
     raise _Unknown
 
 
-def _u64_end(wasm: bytes, pos: int) -> int:
-    for index in range(10):
-        if wasm[pos + index] < 0x80:
-            return pos + index + 1
-    raise _Unknown
-
-
-def _s33_end(wasm: bytes, pos: int) -> int:
-    for index in range(5):
+def _skip_leb(wasm: bytes, pos: int, longest: int) -> int:
+    """Where the LEB128 at ``pos`` (at most ``longest`` bytes) ends."""
+    for index in range(longest):
         if wasm[pos + index] < 0x80:
             return pos + index + 1
     raise _Unknown
