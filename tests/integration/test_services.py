@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import SEED_TOLERATIONS, Registry, delete_quietly, push_wat, unique, wait_for
-from http_pods import cgi_variables, ready_endpoints, request, running_pod_ips
+from helpers import Registry, push_wat, unique, wait_for
+from http_pods import APPS, CORE, cgi_variables, ready_endpoints, request, running_pod_ips, served_deployment
 from wasmlet_proc import WasmletNode
 
 from wasmlet.kube.client import Client
@@ -20,8 +20,6 @@ from wasmlet.network import interface
 
 pytestmark = pytest.mark.integration
 
-APPS = "/apis/apps/v1/namespaces/default"
-CORE = "/api/v1/namespaces/default"
 BRIDGE = interface.BRIDGE
 REPLICAS = 2
 
@@ -43,45 +41,16 @@ def answers(ip: str, port: int) -> bool:
 @pytest.fixture
 def service(admin: Client, wasm_node: WasmletNode, registry: Registry, tmp_path: Path) -> Iterator[str]:
     """A Deployment of 2 WAGI replicas on the session node and a ClusterIP Service (80 -> 8080)."""
-    image = push_wat(registry, "wagi_env", tmp_path)
-    name = unique("svc-http")
-    labels = {"app": name}
-    admin.post(
-        f"{APPS}/deployments",
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name},
-            "spec": {
-                "replicas": REPLICAS,
-                "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {
-                        "labels": labels,
-                        "annotations": {"wasmlet.dev/wagi": json.dumps({"web": {"route": "/..."}})},
-                    },
-                    "spec": {
-                        "nodeSelector": {"kubernetes.io/hostname": wasm_node.name},
-                        "tolerations": SEED_TOLERATIONS,
-                        "terminationGracePeriodSeconds": 2,
-                        "containers": [{"name": "web", "image": image, "ports": [{"containerPort": 8080}]}],
-                    },
-                },
-            },
-        },
-    )
-    admin.post(
-        f"{CORE}/services",
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": name},
-            "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 8080}]},
-        },
-    )
-    yield name
-    delete_quietly(admin, f"{APPS}/deployments/{name}")
-    delete_quietly(admin, f"{CORE}/services/{name}")
+    container = {
+        "name": "web",
+        "image": push_wat(registry, "wagi_env", tmp_path),
+        "ports": [{"containerPort": 8080}],
+    }
+    annotations = {"wasmlet.dev/wagi": json.dumps({"web": {"route": "/..."}})}
+    with served_deployment(
+        admin, wasm_node.name, unique("svc-http"), container, replicas=REPLICAS, annotations=annotations
+    ) as name:
+        yield name
 
 
 def test_a_cluster_ip_answers_from_the_host_spread_over_its_pods_and_refuses_without_them(

@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 from helpers import (
     CLUSTER_CIDR,
-    SEED_TOLERATIONS,
     SERVICE_CIDR,
     Pods,
     Registry,
@@ -28,15 +27,13 @@ from helpers import (
     unique,
     wait_for,
 )
-from http_pods import cgi_variables, ready_endpoints, request, running_pod_ips
+from http_pods import APPS, cgi_variables, ready_endpoints, request, running_pod_ips, served_deployment
 from wasmlet_proc import WasmletNode
 
 from wasmlet.kube.client import Client
 from wasmlet.network import interface
 
 pytestmark = pytest.mark.integration
-
-NAMESPACE = "/apis/apps/v1/namespaces/default"
 
 
 def pod_cidr(admin: Client, node: WasmletNode) -> ipaddress.IPv4Network:
@@ -56,61 +53,24 @@ def wagi_image(registry: Registry, tmp_path: Path) -> str:
 @pytest.fixture
 def deployment(admin: Client, wasm_node: WasmletNode, wagi_image: str) -> Iterator[str]:
     """A Deployment of 3 WAGI replicas on the session node and a Service in front of them."""
-    name = unique("hello-http")
-    labels = {"app": name}
-    admin.post(
-        f"{NAMESPACE}/deployments",
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name},
-            "spec": {
-                "replicas": 3,
-                "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels, "annotations": wagi_annotation("hello", "/hello/...")},
-                    "spec": {
-                        "nodeSelector": {"kubernetes.io/hostname": wasm_node.name},
-                        "tolerations": SEED_TOLERATIONS,
-                        "terminationGracePeriodSeconds": 2,
-                        "containers": [
-                            {
-                                "name": "hello",
-                                "image": wagi_image,
-                                "ports": [{"containerPort": 8080}],
-                                "env": [
-                                    {
-                                        "name": "POD_IP",
-                                        "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}},
-                                    },
-                                    {
-                                        "name": "HOST_IP",
-                                        "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}},
-                                    },
-                                ],
-                            }
-                        ],
-                    },
-                },
-            },
-        },
-    )
-    admin.post(
-        "/api/v1/namespaces/default/services",
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": name},
-            "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 8080}]},
-        },
-    )
-    yield name
-    delete_quietly(admin, f"{NAMESPACE}/deployments/{name}")
-    delete_quietly(admin, f"/api/v1/namespaces/default/services/{name}")
+    container = {
+        "name": "hello",
+        "image": wagi_image,
+        "ports": [{"containerPort": 8080}],
+        "env": [
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
+        ],
+    }
+    annotations = wagi_annotation("hello", "/hello/...")
+    with served_deployment(
+        admin, wasm_node.name, unique("hello-http"), container, replicas=3, annotations=annotations
+    ) as name:
+        yield name
 
 
 def scale(admin: Client, name: str, replicas: int) -> None:
-    admin.patch(f"{NAMESPACE}/deployments/{name}/scale", {"spec": {"replicas": replicas}})
+    admin.patch(f"{APPS}/deployments/{name}/scale", {"spec": {"replicas": replicas}})
 
 
 def refused(ip: str, port: int) -> bool:

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 import wasmtime
-from helpers import ROOT, SEED_TOLERATIONS, Pods, Registry, delete_quietly, unique, wait_for
-from http_pods import ready_endpoints, request, running_pod_ips
+from helpers import ROOT, Pods, Registry, unique, wait_for
+from http_pods import APPS, CORE, ready_endpoints, request, running_pod_ips, served_deployment
 from wasmlet_proc import WasmletNode
 
 from wasmlet import paths
@@ -24,7 +24,6 @@ from wasmlet.serve import wasi_http
 
 pytestmark = pytest.mark.integration
 
-NAMESPACE = "/apis/apps/v1/namespaces/default"
 EXAMPLE = ROOT / "examples" / "http-hello"
 RUST_TOOLCHAIN = "1.97.0"  # the node role's node_wasmtime_cli_rust
 
@@ -68,8 +67,6 @@ def http_hello(registry: Registry, wasmtime_cli: Path) -> str:
 @pytest.fixture
 def deployment(admin: Client, wasm_node: WasmletNode, http_hello: str) -> Iterator[str]:
     """examples/http-hello/http-hello.yaml's Deployment and Service, on the session node."""
-    name = unique("http-hello")
-    labels = {"app": name}
     container: dict[str, Any] = {
         "name": "hello",
         "image": http_hello,
@@ -77,39 +74,10 @@ def deployment(admin: Client, wasm_node: WasmletNode, http_hello: str) -> Iterat
         "env": [{"name": "GREETING", "value": "Hello from wasmlet's test"}],
         "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1},
     }
-    admin.post(
-        f"{NAMESPACE}/deployments",
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name},
-            "spec": {
-                "replicas": 2,
-                "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {
-                        "nodeSelector": {"kubernetes.io/hostname": wasm_node.name},
-                        "tolerations": SEED_TOLERATIONS,
-                        "terminationGracePeriodSeconds": 5,
-                        "containers": [container],
-                    },
-                },
-            },
-        },
-    )
-    admin.post(
-        "/api/v1/namespaces/default/services",
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": name},
-            "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 8080}]},
-        },
-    )
-    yield name
-    delete_quietly(admin, f"{NAMESPACE}/deployments/{name}")
-    delete_quietly(admin, f"/api/v1/namespaces/default/services/{name}")
+    with served_deployment(
+        admin, wasm_node.name, unique("http-hello"), container, replicas=2, grace=5
+    ) as name:
+        yield name
 
 
 def serving_processes(node: WasmletNode) -> list[int]:
@@ -142,24 +110,24 @@ def test_a_component_serves_behind_a_service_and_its_process_goes_with_its_pod(
         assert status == 200, text
         assert text == "Hello from wasmlet's test\nmethod=POST\npath=/echo?x=1\nbody=ping\n"
         assert request(ip, 8080, "GET", "/fail") == (500, "failing on purpose\n")
-    service_ip = admin.get(f"/api/v1/namespaces/default/services/{deployment}")["spec"]["clusterIP"]
+    service_ip = admin.get(f"{CORE}/services/{deployment}")["spec"]["clusterIP"]
 
     def through_service() -> tuple[int, str] | None:
         try:
             reply = request(service_ip, 80, "GET", "/")
-        except ConnectionRefusedError:  # kube-proxy has not programmed the Service's endpoints yet
+        except OSError:  # kube-proxy has not translated the ClusterIP yet: refused or no route to host
             return None
         return reply if reply[0] == 200 else None
 
     status, text = wait_for("the ClusterIP to answer", through_service, timeout=30)
     assert text.startswith("Hello from wasmlet's test\nmethod=GET\npath=/\n")
 
-    pods = admin.get("/api/v1/namespaces/default/pods", {"labelSelector": f"app={deployment}"})["items"]
+    pods = admin.get(f"{CORE}/pods", {"labelSelector": f"app={deployment}"})["items"]
     logs = Pods(admin, wasm_node).logs(pods[0]["metadata"]["name"])
     assert "GET / 200" in logs  # what the component wrote on stderr, as the container's log
     assert len(serving_processes(wasm_node)) == 2
 
-    admin.patch(f"{NAMESPACE}/deployments/{deployment}/scale", {"spec": {"replicas": 0}})
+    admin.patch(f"{APPS}/deployments/{deployment}/scale", {"spec": {"replicas": 0}})
     wait_for("the EndpointSlice to empty", lambda: ready_endpoints(admin, deployment) == [], timeout=60)
 
     def closed(ip: str) -> bool:
