@@ -127,6 +127,7 @@ class Context:
     log: Callable[[str], None]
     cluster_factory: Callable[[], Cluster]
     profile: bool = True
+    results_dir: Path = RESULTS_DIR  # where the run's JSON and kept profiles go (--output)
     _cluster: Cluster | None = None
 
     def scale(self, full: int, smoke: int) -> int:

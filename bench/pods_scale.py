@@ -27,7 +27,6 @@ from typing import Any
 
 from bench import profile
 from bench.common import (
-    RESULTS_DIR,
     ROOT,
     BenchError,
     Cluster,
@@ -137,12 +136,14 @@ def _idle_cpu(pid: int, seconds: float) -> float:
 
 
 def _keep(ctx: Context, path: Path) -> str:
-    """Keep a raw profile with the results (full runs); its path, relative to the checkout."""
+    """Keep a raw profile next to the run's JSON (full runs); its path, relative to the checkout
+    when it is in it."""
     if ctx.smoke:
         return str(path)
-    kept = RESULTS_DIR / f"{dt.date.today().isoformat()}-{path.name}"
+    ctx.results_dir.mkdir(parents=True, exist_ok=True)
+    kept = ctx.results_dir / f"{dt.date.today().isoformat()}-{path.name}"
     shutil.copyfile(path, kept)
-    return str(kept.relative_to(ROOT))
+    return str(kept.relative_to(ROOT)) if kept.is_relative_to(ROOT) else str(kept)
 
 
 def _fresh(scale: _Scale) -> int:

@@ -141,7 +141,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return common.main_cluster(_log)
             return stack.enter_context(common.bench_control_plane(_log, keep=args.keep_control_plane))
 
-        ctx = Context(args.smoke, scratch, _log, cluster_factory, profile=not args.no_profile)
+        ctx = Context(
+            args.smoke,
+            scratch,
+            _log,
+            cluster_factory,
+            profile=not args.no_profile,
+            results_dir=args.output or common.RESULTS_DIR,
+        )
         # On a quiet machine first, then against the control plane.
         outcomes += [_run_one(name, ctx) for name in args.names if kinds[name] == "runtime"]
         if "cluster" in kinds.values():  # each of them pushes its modules to the local registry
