@@ -4,7 +4,7 @@ wasmlet's engine makes every linear memory itself (:mod:`wasmlet.runtime.limited
 wasmtime cannot map a module's data as a copy-on-write image and copies each active data segment
 at instantiation instead, from a start-up function it compiles for the module: one copy per
 segment. Go's linker writes a segment per run of non-zero bytes (33,428 of them in a 2.9 MB
-module), and compiling it took 13–14 s instead of 2.2 s with copy-on-write, nearly all of the
+module), and compiling it took 13 to 14 s instead of 2.2 s with copy-on-write, nearly all of the
 difference that one function (docs/runtime.md).
 
 :func:`coalesce` rewrites the data section only. Active segments of memory 0 whose offsets are
