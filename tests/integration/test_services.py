@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,15 +84,19 @@ def test_a_cluster_ip_answers_from_the_host_spread_over_its_pods_and_refuses_wit
     assert cgi["SERVER_NAME"] in pod_ips and cgi["SERVER_PORT"] == "8080", cgi
     assert cgi["PATH_INFO"] == "/hello", cgi
 
-    # Each connection goes to an endpoint picked at random: both pods answer sooner or later.
+    # Each connection goes to an endpoint picked at random: both pods answer sooner or later. The
+    # first answer may come while kube-proxy knows one endpoint only (it syncs at most once a
+    # second, and the pods became ready apart): keep asking until its next sync, 30 s at most.
     served: dict[str, int] = {}
-    for _attempt in range(100):
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
         status, text = request(cluster_ip, 80)
         assert status == 200, text
         server = cgi_variables(text)["SERVER_NAME"]
         served[server] = served.get(server, 0) + 1
         if set(served) == set(pod_ips) and min(served.values()) >= 3:
             break
+        time.sleep(0.02)
     assert set(served) == set(pod_ips), served
     assert min(served.values()) >= 3, served
 
