@@ -2,7 +2,7 @@
 
 The pod controller sees :class:`RunSpec`, :class:`Execution` and :class:`ExitStatus`, never a
 wasmtime object. How stopping, CPU limits, exit codes and OOMKilled work: docs/runtime.md.
-One file (475 lines): Runtime and Execution share the epoch-deadline callback and the CPU ticker.
+One file (497 lines): Runtime and Execution share the epoch-deadline callback and the CPU ticker.
 """
 
 from __future__ import annotations
